@@ -83,3 +83,8 @@ def random_link() -> str:
 
 def short_id(digest_or_hex: str) -> str:
     return hex_of(digest_or_hex)[:12]
+
+
+def random_suffix_id() -> str:
+    """Random hex used in ``<chain>-<random>-removing`` names."""
+    return os.urandom(32).hex()

@@ -35,14 +35,15 @@ def go_string(s: str) -> str:
     return '"' + _ESCAPE_RE.sub(_escape_char, s) + '"'
 
 
-def marshal(obj: Any, *, sort_keys: bool = False) -> str:
+def marshal(obj: Any, *, sort_keys: bool = False, sort_all: bool = False) -> str:
     """Compact JSON like Go's json.Marshal of the same value.
 
     Mappings keep their insertion order (Go struct field order) unless ``sort_keys`` is set
-    (Go sorts map keys). Use :class:`GoMap` for a nested mapping that Go would sort.
+    (top level sorted) or ``sort_all`` (every mapping is a Go map, sorted). Use :class:`GoMap`
+    for a nested mapping that Go would sort.
     """
     parts: list[str] = []
-    _encode(obj, parts, sort_keys)
+    _encode(obj, parts, 2 if sort_all else (1 if sort_keys else 0))
     return "".join(parts)
 
 
@@ -50,7 +51,7 @@ class GoMap(dict[str, Any]):
     """A dict that Go encodes as a map: its keys are written sorted."""
 
 
-def _encode(obj: Any, out: list[str], sort_keys: bool) -> None:
+def _encode(obj: Any, out: list[str], sort_keys: int) -> None:
     if isinstance(obj, str):
         out.append(go_string(obj))
     elif obj is None:
@@ -75,7 +76,7 @@ def _encode(obj: Any, out: list[str], sort_keys: bool) -> None:
             first = False
             out.append(go_string(str(k)))
             out.append(":")
-            _encode(v, out, False)
+            _encode(v, out, 2 if sort_keys == 2 else 0)
         out.append("}")
     elif isinstance(obj, (bytes, bytearray)):
         import base64
@@ -86,7 +87,7 @@ def _encode(obj: Any, out: list[str], sort_keys: bool) -> None:
         for i, v in enumerate(obj):
             if i:
                 out.append(",")
-            _encode(v, out, False)
+            _encode(v, out, 2 if sort_keys == 2 else 0)
         out.append("]")
     else:
         raise TypeError(f"cannot encode {type(obj).__name__} as JSON")

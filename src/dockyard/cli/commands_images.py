@@ -1,0 +1,264 @@
+"""Image commands: load, save, images, inspect, history, tag, rmi, import, explain."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from dockyard.cli.main import Context, cli, pass_ctx
+from dockyard.cli.output import go_time_string, human_size, indented_json, json_line, since, table
+
+
+def _progress_enabled(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty()
+
+
+@cli.command()
+@click.option("-i", "--input", "input_path", metavar="PATH",
+              help="Read from a tar archive (docker save, OCI layout tar, optionally compressed) or an OCI layout dir, instead of STDIN.")
+@click.option("-q", "--quiet", is_flag=True, help="Suppress the load output.")
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Platform to load from a multi-platform index.")
+@pass_ctx
+def load(ctx: Context, input_path: str | None, quiet: bool, platform: str | None) -> None:
+    """Load images from a docker-save archive or an OCI image layout."""
+    from dockyard.cli.progress import LayerProgress
+    from dockyard.destinations.store import load_images
+    from dockyard.image.platform import parse_platform
+    from dockyard.sources import open_input
+    from dockyard.store.atomic import makedirs
+
+    store = ctx.store
+    plat = parse_platform(platform) if platform else None
+    with store.write_lock():
+        makedirs(store.layout.tmp, 0o700)
+        with open_input(input_path, spool_dir=store.layout.tmp, platform=plat) as images:
+            with LayerProgress(enabled=_progress_enabled(quiet), verb="Loading layer") as prog:
+                loaded = load_images(store, images, on_layer_progress=prog.update)
+    if quiet:
+        return
+    for li in loaded:
+        for ref, old in li.renamed:
+            click.echo(f"The image {ref.familiar_string()} already exists, renaming the old one with ID {old} to empty string")
+        if li.names:
+            for ref in li.names:
+                click.echo(f"Loaded image: {ref.familiar_string()}")
+        else:
+            click.echo(f"Loaded image ID: {li.image_id}")
+
+
+@cli.command()
+@click.argument("repository", required=False)
+@click.option("-a", "--all", "all_", is_flag=True, help="Show all images (default hides intermediate images).")
+@click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
+@click.option("--digests", is_flag=True, help="Show digests.")
+@click.option("--no-trunc", is_flag=True, help="Don't truncate output.")
+@click.option("--format", "fmt", metavar="FORMAT", help="'json' (one object per line) or 'table'.")
+@pass_ctx
+def images(ctx: Context, repository: str | None, all_: bool, quiet: bool, digests: bool, no_trunc: bool, fmt: str | None) -> None:
+    """List images."""
+    from dockyard.image.reference import parse_reference
+    from dockyard.ops.images import list_images
+
+    rows: list[dict[str, str]] = []
+    want_repo = None
+    want_tag = None
+    if repository:
+        r = parse_reference(repository)
+        want_repo, want_tag = r.familiar_name, r.tag
+    seen_ids: list[str] = []
+    for s in list_images(ctx.store, all=all_):
+        image_id = s.id if no_trunc else s.id[7:19]
+        entries: list[tuple[str, str, str]] = []
+        by_repo_digest: dict[str, str] = {}
+        for d in s.repo_digests:
+            name, _, dg = d.partition("@")
+            by_repo_digest.setdefault(name, dg)
+        if s.repo_tags:
+            for t in s.repo_tags:
+                name, _, tag = t.rpartition(":")
+                entries.append((name, tag, by_repo_digest.get(name, "<none>")))
+        elif s.repo_digests:
+            for d in s.repo_digests:
+                name, _, dg = d.partition("@")
+                entries.append((name, "<none>", dg))
+        else:
+            entries.append(("<none>", "<none>", "<none>"))
+        for repo, tag, dg in entries:
+            if want_repo is not None and (repo != want_repo or (want_tag and tag != want_tag)):
+                continue
+            rows.append({
+                "Containers": "N/A",
+                "CreatedAt": go_time_string(s.created_ns),
+                "CreatedSince": since(s.created_ns),
+                "Digest": dg,
+                "ID": image_id,
+                "Repository": repo,
+                "SharedSize": "N/A",
+                "Size": human_size(s.size),
+                "Tag": tag,
+                "UniqueSize": "N/A",
+                "VirtualSize": human_size(s.size),
+            })
+            if image_id not in seen_ids:
+                seen_ids.append(image_id)
+    if quiet:
+        for i in seen_ids:
+            click.echo(i)
+        return
+    if fmt and fmt.strip() in ("json", "{{json .}}"):
+        for r in rows:
+            json_line(r)
+        return
+    if fmt and fmt not in ("table",):
+        for r in rows:
+            click.echo(_go_template(fmt, r))
+        return
+    headers = ["REPOSITORY", "TAG"] + (["DIGEST"] if digests else []) + ["IMAGE ID", "CREATED", "SIZE"]
+    table(headers, [[r["Repository"], r["Tag"]] + ([r["Digest"]] if digests else [])
+                    + [r["ID"], r["CreatedSince"], r["Size"]] for r in rows])
+
+
+def _go_template(fmt: str, row: dict[str, Any]) -> str:
+    """The common subset of docker's Go templates: {{.Field}} and {{json .}}."""
+    import re
+
+    from dockyard import gojson
+
+    def sub(m: re.Match[str]) -> str:
+        expr = m.group(1).strip()
+        if expr == "json .":
+            return gojson.marshal(row, sort_keys=True)
+        if expr.startswith("."):
+            return str(row.get(expr[1:], ""))
+        return m.group(0)
+
+    out = re.sub(r"\{\{(.*?)\}\}", sub, fmt)
+    return out.replace("\\t", "\t").replace("\\n", "\n")
+
+
+@cli.command("inspect")
+@click.argument("names", nargs=-1, required=True)
+@click.option("-f", "--format", "fmt", help="Go-template subset: {{.Id}}, {{json .}}.")
+@pass_ctx
+def inspect_cmd(ctx: Context, names: tuple[str, ...], fmt: str | None) -> None:
+    """Display detailed information on one or more images."""
+    from dockyard.errors import NotFound
+    from dockyard.ops.images import inspect_image
+
+    out = []
+    missing = []
+    for n in names:
+        try:
+            out.append(inspect_image(ctx.store, ctx.store.resolve_image(n)))
+        except NotFound:
+            missing.append(n)
+    if fmt:
+        for obj in out:
+            click.echo(_go_template(fmt, obj))
+    else:
+        indented_json(out)
+    if missing:
+        for n in missing[:-1]:
+            click.echo(f"Error: No such object: {n}", err=True)
+        raise NotFound(f"No such object: {missing[-1]}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-H", "--human/--no-human", default=True, help="Print sizes and dates in human readable format.")
+@click.option("--no-trunc", is_flag=True, help="Don't truncate output.")
+@click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
+@click.option("--format", "fmt", help="'json' (one object per line).")
+@pass_ctx
+def history(ctx: Context, name: str, human: bool, no_trunc: bool, quiet: bool, fmt: str | None) -> None:
+    """Show the history of an image."""
+    from dockyard import gojson
+    from dockyard.ops.images import history as image_history
+
+    items = image_history(ctx.store, ctx.store.resolve_image(name))
+    rows = []
+    for it in items:
+        iid = it.id if (no_trunc or it.id == "<missing>") else it.id[7:19]
+        created_by = it.created_by
+        if not no_trunc:
+            created_by = _ellipsis(created_by.replace("\t", " "), 45)
+        ns = it.created * 1_000_000_000
+        rows.append({
+            "Comment": it.comment,
+            "CreatedAt": gojson.format_rfc3339nano(ns) if human else str(it.created),
+            "CreatedBy": created_by,
+            "CreatedSince": since(ns),
+            "ID": iid,
+            "Size": human_size(it.size) if human else str(it.size),
+        })
+    if quiet:
+        for r in rows:
+            click.echo(r["ID"])
+        return
+    if fmt and fmt.strip() in ("json", "{{json .}}"):
+        for r in rows:
+            json_line(r)
+        return
+    if fmt:
+        for r in rows:
+            click.echo(_go_template(fmt, r))
+        return
+    table(["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
+          [[r["ID"], r["CreatedSince"] if human else r["CreatedAt"], r["CreatedBy"], r["Size"], r["Comment"]] for r in rows])
+
+
+def _ellipsis(s: str, n: int) -> str:
+    """docker's stringutils.Ellipsis (on runes)."""
+    if len(s) <= n:
+        return s
+    return s[: n - 1] + "…"
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("target")
+@pass_ctx
+def tag(ctx: Context, source: str, target: str) -> None:
+    """Create a tag TARGET that refers to SOURCE."""
+    from dockyard.ops.images import tag_image
+
+    tag_image(ctx.store, source, target)
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True, help="Force removal of the image.")
+@click.option("--no-prune", is_flag=True, help="Do not delete untagged parents.")
+@pass_ctx
+def rmi(ctx: Context, names: tuple[str, ...], force: bool, no_prune: bool) -> None:
+    """Remove one or more images."""
+    from dockyard.errors import DockyardError
+    from dockyard.ops.images import remove_images
+
+    records, errors = remove_images(ctx.store, list(names), force=force, prune=not no_prune)
+    for kind, value in records:
+        click.echo(f"{kind}: {value}")
+    if errors:
+        for e in errors[:-1]:
+            click.echo(f"Error: {e}", err=True)
+        raise DockyardError(errors[-1])
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@pass_ctx
+def explain(ctx: Context, name: str, fmt: str) -> None:
+    """Show how an image's IDs relate: blob digest -> diffID -> chainID -> cache-id -> files."""
+    from dockyard.cli.explain import print_explain
+    from dockyard.ops.images import explain as explain_image
+
+    info = explain_image(ctx.store, ctx.store.resolve_image(name))
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps(info, indent=2))
+        return
+    print_explain(info, ctx.root)
