@@ -39,9 +39,15 @@ def validate_digest(s: object, what: str = "digest") -> str:
     """
     if not isinstance(s, str) or not _DIGEST.match(s):
         if isinstance(s, str) and s.startswith("sha256:"):
-            raise InvalidInput(f"invalid {what} {s!r}: not sha256 followed by 64 lowercase hex digits")
-        raise InvalidInput(f"invalid {what} {s!r}: only sha256 digests are supported")
+            raise InvalidInput(f"{_lead(what)}{s!r}: not sha256 followed by 64 lowercase hex digits")
+        raise InvalidInput(f"{_lead(what)}{s!r}: only sha256 digests are supported")
     return s
+
+
+def _lead(what: str) -> str:
+    # "label: layer digest" -> "label: invalid layer digest "
+    head, sep, tail = what.rpartition(": ")
+    return f"{head}{sep}invalid {tail} "
 
 
 def hex_of(digest: str) -> str:

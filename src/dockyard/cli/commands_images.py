@@ -262,3 +262,35 @@ def explain(ctx: Context, name: str, fmt: str) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     print_explain(info, ctx.root)
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("-o", "--output", metavar="FILE", help="Write to a file, instead of STDOUT.")
+@click.option("--format", "fmt", type=click.Choice(["docker", "oci"]), default="docker", show_default=True,
+              help="docker: docker-save tar (Docker 20.10 layout); oci: OCI image layout tar.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@pass_ctx
+def save(ctx: Context, names: tuple[str, ...], output: str | None, fmt: str, quiet: bool) -> None:
+    """Save one or more images to a tar archive (streamed to STDOUT by default)."""
+    from dockyard.cli.progress import LayerProgress
+    from dockyard.ops.transfer import save as save_images
+
+    with LayerProgress(enabled=_progress_enabled(quiet) and output not in (None, "-"), verb="Saving layer") as prog:
+        save_images(ctx.store, list(names), output, fmt=fmt, progress=prog.update)
+
+
+@cli.command("import")
+@click.argument("source")
+@click.argument("repository", required=False)
+@click.option("-c", "--change", "changes", multiple=True, help="Apply a Dockerfile instruction to the created image.")
+@click.option("-m", "--message", default="", help="Set commit message for imported image.")
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Set platform of the imported image.")
+@pass_ctx
+def import_cmd(ctx: Context, source: str, repository: str | None, changes: tuple[str, ...], message: str,
+               platform: str | None) -> None:
+    """Import the contents from a tarball (or - for STDIN) to create a filesystem image."""
+    from dockyard.ops.transfer import import_image
+
+    image_id = import_image(ctx.store, source, repository, changes=list(changes), message=message, platform=platform)
+    click.echo(image_id)

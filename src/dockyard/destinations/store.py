@@ -69,9 +69,12 @@ def extract_layer(job: ExtractJob, progress: ProgressFn) -> ExtractOutcome:
             try:
                 result = apply_layer(read, job.diff_dir, gz.write)
             except DockyardError as e:
+                _blame_blob(raw)
                 raise type(e)(f"{job.label}: {e}") from None
-            except (OSError, EOFError, ValueError) as e:
-                # decompressor errors (bad gzip/zstd data, truncated stream)
+            except Exception as e:
+                # decompressor errors (bad gzip/zstd data, truncated stream): a wrong blob digest
+                # is the better explanation when there is one.
+                _blame_blob(raw)
                 raise LayerError(f"{job.label}: {_describe_stream_error(e)}") from None
             gz.close()
             tsf.flush()
@@ -81,6 +84,18 @@ def extract_layer(job: ExtractJob, progress: ProgressFn) -> ExtractOutcome:
         return ExtractOutcome(result, digest, raw.count)
     finally:
         f.close()
+
+
+def _blame_blob(raw: compression.VerifyingReader) -> None:
+    """If the blob does not match its digest or size, say that rather than what it broke."""
+    if raw.expected_digest is None and raw.expected_size is None:
+        return
+    try:
+        raw.verify()
+    except InvalidInput:
+        raise
+    except Exception:
+        return
 
 
 def _describe_stream_error(e: BaseException) -> str:

@@ -128,15 +128,16 @@ def clean_member(name: str) -> str:
     return clean_relative(name.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")
 
 
-def safe_relpath(path: str, what: str) -> str:
+def safe_relpath(path: object, what: str, label: str = "") -> str:
     """A relative path from a manifest: refuse absolute paths and ``..`` escapes."""
+    where = f"{label}: " if label else ""
     if not isinstance(path, str) or not path:
-        raise InvalidInput(f"invalid {what} path {path!r}")
+        raise InvalidInput(f"{where}invalid {what} path {path!r}")
     from dockyard.archive.fsutil import go_clean
 
     c = go_clean(path.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")
     if c.startswith("/") or c == ".." or c.startswith("../") or c == ".":
-        raise InvalidInput(f"invalid {what} path {path!r}: it points outside the archive")
+        raise InvalidInput(f"{where}invalid {what} path {path!r}: it points outside the archive")
     return c
 
 

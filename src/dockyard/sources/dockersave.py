@@ -54,7 +54,7 @@ def read_docker_save(tree: Tree) -> list[SourceImage]:
     for n, item in enumerate(manifest):
         if not isinstance(item, dict):
             raise InvalidInput(f"{label}: manifest.json entry {n} is not an object")
-        cfg_path = safe_relpath(item.get("Config"), "Config")
+        cfg_path = safe_relpath(item.get("Config"), "Config", label)
         cfg_raw = tree.read(cfg_path, MAX_JSON)
         config = ImageConfig(cfg_raw)
         want = _blob_digest(cfg_path)
@@ -75,7 +75,7 @@ def read_docker_save(tree: Tree) -> list[SourceImage]:
         names = [parse_repo_tag(t, label) for t in tags]
         blobs = []
         for i, lp in enumerate(layers):
-            path = safe_relpath(lp, "layer")
+            path = safe_relpath(lp, "layer", label)
             opener, size = tree.opener(path)
             blob_digest = _blob_digest(path)
             blobs.append(

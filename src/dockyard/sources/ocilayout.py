@@ -35,7 +35,7 @@ def _blob_path(digest: str) -> str:
 
 
 def read_blob(tree: Tree, desc: dict[str, Any], what: str, limit: int = MAX_JSON) -> bytes:
-    digest = validate_digest(desc.get("digest"), f"{what} digest")
+    digest = validate_digest(desc.get("digest"), f"{tree.label}: {what} digest")
     size = desc.get("size")
     path = _blob_path(digest)
     if not tree.exists(path):
@@ -190,7 +190,7 @@ def _image(tree: Tree, desc: dict[str, Any], names: list[Reference]) -> SourceIm
     for i, ld in enumerate(ldescs):
         if not isinstance(ld, dict):
             raise InvalidInput(f"{label}: invalid layer descriptor")
-        digest = validate_digest(ld.get("digest"), "layer digest")
+        digest = validate_digest(ld.get("digest"), f"{label}: layer digest")
         size = ld.get("size")
         if not isinstance(size, int) or size < 0:
             raise InvalidInput(f"{label}: layer {digest} has an invalid size")
