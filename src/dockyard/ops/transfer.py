@@ -81,8 +81,12 @@ class _NoClose:
 
 
 def import_image(store: Store, source: str, repo_tag: str | None, *, changes: list[str], message: str,
-                 platform: str | None = None, progress: Callable[[str, int, int | None], None] | None = None) -> str:
-    """``docker import``: a rootfs tar (optionally compressed) becomes a one-layer image."""
+                 platform: str | None = None, progress: Callable[[str, int, int | None], None] | None = None,
+                 stream: IO[bytes] | None = None) -> str:
+    """``docker import``: a rootfs tar (optionally compressed) becomes a one-layer image.
+
+    ``source`` is a path or ``-`` (stdin); ``stream``, when given, is read instead.
+    """
     ref = parse_reference(repo_tag).tagged_or_latest() if repo_tag else None
     if ref is not None and ref.digest is not None:
         raise InvalidInput("cannot import to a digest reference")
@@ -93,15 +97,19 @@ def import_image(store: Store, source: str, repo_tag: str | None, *, changes: li
         p = parse_platform(platform)
         os_name, arch, variant = p.os, p.architecture, p.variant
     config = container_config(apply_changes({}, changes))
-    if source == "-":
+    own = False
+    if stream is not None:
+        f: IO[bytes] = stream
+    elif source == "-":
         if sys.stdin.isatty():
             raise InvalidInput("import from stdin: nothing is piped in")
-        f: IO[bytes] = sys.stdin.buffer
+        f = sys.stdin.buffer
     else:
         if "://" in source:
             raise InvalidInput("importing from a URL is not supported; download the tarball first")
         try:
             f = open(source, "rb")  # noqa: SIM115
+            own = True
         except OSError as e:
             raise InvalidInput(f"open {source}: {e.strerror}") from None
     with store.write_lock():
@@ -119,7 +127,7 @@ def import_image(store: Store, source: str, repo_tag: str | None, *, changes: li
                 store.layers.discard(pending)
             raise
         finally:
-            if source != "-":
+            if own:
                 f.close()
         created = gojson.format_rfc3339nano(gojson.now_ns())
         img: dict[str, Any] = {
