@@ -51,7 +51,7 @@ def _lead(what: str) -> str:
 
 
 def hex_of(digest: str) -> str:
-    return digest[len(SHA256_PREFIX):] if digest.startswith(SHA256_PREFIX) else digest
+    return digest[len(SHA256_PREFIX) :] if digest.startswith(SHA256_PREFIX) else digest
 
 
 def sha256_digest(data: bytes) -> str:

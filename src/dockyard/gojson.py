@@ -17,11 +17,22 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-_ESCAPE_RE = re.compile("[\x00-\x1f\"\\\\<>&\u2028\u2029\ud800-\udfff]")
+_ESCAPE_RE = re.compile('[\x00-\x1f"\\\\<>&\u2028\u2029\ud800-\udfff]')
 _ESCAPES: dict[str, str] = {chr(i): "\\u%04x" % i for i in range(0x20)}
-_ESCAPES.update({"\n": "\\n", "\r": "\\r", "\t": "\\t", '"': '\\"', "\\": "\\\\",
-                 "<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
-                 "\u2028": "\\u2028", "\u2029": "\\u2029"})
+_ESCAPES.update(
+    {
+        "\n": "\\n",
+        "\r": "\\r",
+        "\t": "\\t",
+        '"': '\\"',
+        "\\": "\\\\",
+        "<": "\\u003c",
+        ">": "\\u003e",
+        "&": "\\u0026",
+        "\u2028": "\\u2028",
+        "\u2029": "\\u2029",
+    }
+)
 
 
 def _escape_char(m: re.Match[str]) -> str:

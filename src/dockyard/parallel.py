@@ -89,7 +89,12 @@ def run_jobs(
     if workers <= 1 or len(jobs) <= 1:
         out = []
         for i, job in enumerate(jobs):
-            out.append(fn(job, (lambda n, i=i: on_progress(i, n)) if on_progress else (lambda n: None)))
+
+            def report(n: int, i: int = i) -> None:
+                if on_progress:
+                    on_progress(i, n)
+
+            out.append(fn(job, report))
         return out
 
     results: dict[int, R] = {}
@@ -137,7 +142,9 @@ def run_jobs(
                 if i not in results and failure is None:
                     sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
                     failure = WorkerCrashed(
-                        f"a worker died unexpectedly (signal {sig})" if sig else "a worker exited without a result"
+                        f"a worker died unexpectedly (signal {sig})"
+                        if sig
+                        else "a worker exited without a result"
                     )
                 if failure is not None:
                     _kill_all(running)

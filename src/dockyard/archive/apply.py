@@ -252,7 +252,9 @@ class _Applier:
         os.chown(orig, h.uid, h.gid, dir_fd=pfd, follow_symlinks=False)
         self._add_node(orel, _Node(0))
 
-    def _regular(self, h: ts.Header, tr: ts.TarReader, rel: bytes, pfd: int, base: bytes, mode: int) -> int | None:
+    def _regular(
+        self, h: ts.Header, tr: ts.TarReader, rel: bytes, pfd: int, base: bytes, mode: int
+    ) -> int | None:
         fd = os.open(base, _FILE_FLAGS, mode & 0o777, dir_fd=pfd)
         try:
             crc = 0
@@ -291,7 +293,9 @@ class _Applier:
         self._add_node(rel, _Node(h.size))
         return crc if h.size > 0 else None
 
-    def _dir(self, h: ts.Header, rel: bytes, pfd: int, parent: bytes, base: bytes, mode: int, exists: bool) -> None:
+    def _dir(
+        self, h: ts.Header, rel: bytes, pfd: int, parent: bytes, base: bytes, mode: int, exists: bool
+    ) -> None:
         if not exists:
             os.mkdir(base, mode & 0o777, dir_fd=pfd)
             self.dirs.add(rel)
@@ -324,9 +328,7 @@ class _Applier:
         node = self.nodes.get(target)
         if node is None:
             what = "a directory" if target in self.dirs else "not in the layer before this entry"
-            raise LayerError(
-                f"entry {_show(h.name)}: hard link to {_show(h.linkname)}, which is {what}"
-            )
+            raise LayerError(f"entry {_show(h.name)}: hard link to {_show(h.linkname)}, which is {what}")
         tparent, _, tbase = target.rpartition(b"/")
         tpfd = self.rd.dirfd(tparent)
         os.link(tbase, base, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
@@ -342,14 +344,14 @@ class _Applier:
             os.utime(base, ns=(_chtimes(a), _chtimes(m)), dir_fd=pfd, follow_symlinks=False)
 
     def _special(self, h: ts.Header, rel: bytes, pfd: int, base: bytes, mode: int) -> None:
-        kind = {ts.TYPE_CHAR: stat.S_IFCHR, ts.TYPE_BLOCK: stat.S_IFBLK, ts.TYPE_FIFO: stat.S_IFIFO}[h.typeflag]
+        kind = {ts.TYPE_CHAR: stat.S_IFCHR, ts.TYPE_BLOCK: stat.S_IFBLK, ts.TYPE_FIFO: stat.S_IFIFO}[
+            h.typeflag
+        ]
         dev = _go_mkdev(h.devmajor, h.devminor) if kind != stat.S_IFIFO else 0
         try:
             os.mknod(base, kind | (mode & 0o777), dev, dir_fd=pfd)
         except PermissionError:
-            raise LayerError(
-                f"entry {_show(h.name)}: creating device nodes needs root (CAP_MKNOD)"
-            ) from None
+            raise LayerError(f"entry {_show(h.name)}: creating device nodes needs root (CAP_MKNOD)") from None
         os.chown(base, h.uid, h.gid, dir_fd=pfd, follow_symlinks=False)
         if h.xattrs:
             self._xattrs_at(pfd, base, h.xattrs)
@@ -421,7 +423,7 @@ def apply_layer(
             entries += 1
             tsw.claim(hdr.name)
             crc = ap.apply(hdr, tr)
-            tsw.file(hdr.name, hdr.size, crc64_bytes(crc) if hdr.size > 0 else None)
+            tsw.file(hdr.name, hdr.size, crc64_bytes(crc) if crc is not None and hdr.size > 0 else None)
             raw = tr.take_raw()
             if raw:  # only when content was left unread (never, in practice)
                 tsw.segment(raw)
@@ -432,7 +434,9 @@ def apply_layer(
         ap.finish()
     except PathEscape as e:
         where = _show(hdr.name) if hdr is not None else "?"
-        raise LayerError(f"entry {where}: {e.path.decode('utf-8', 'backslashreplace')!r} is {e.reason}") from None
+        raise LayerError(
+            f"entry {where}: {e.path.decode('utf-8', 'backslashreplace')!r} is {e.reason}"
+        ) from None
     except OSError as e:
         where = _show(hdr.name) if hdr is not None else "?"
         if e.errno == errno.ENOSPC:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import bz2
 import hashlib
 import lzma
-from typing import IO, Any, Protocol
+from typing import Any, Protocol, cast
 
 from dockyard.errors import InvalidInput
 
@@ -42,8 +42,13 @@ class VerifyingReader:
     ``peek`` looks at the first bytes (for compression detection) without losing them.
     """
 
-    def __init__(self, f: Readable, expected_digest: str | None = None, expected_size: int | None = None,
-                 what: str = "blob") -> None:
+    def __init__(
+        self,
+        f: Readable,
+        expected_digest: str | None = None,
+        expected_size: int | None = None,
+        what: str = "blob",
+    ) -> None:
         self._f = f
         self._h = hashlib.sha256()
         self.count = 0
@@ -74,7 +79,7 @@ class VerifyingReader:
             out, self._peeked = self._peeked[:n], self._peeked[n:]
             return out
         if n < 0:
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 c = self.read(1 << 20)
                 if not c:
@@ -122,24 +127,25 @@ class VerifyingReader:
         return d
 
 
-def decompressor(raw: VerifyingReader, kind: str | None = None) -> IO[bytes] | VerifyingReader:
+def decompressor(raw: VerifyingReader, kind: str | None = None) -> Readable:
     """A reader of the uncompressed stream (``kind`` None: detect from the first bytes)."""
     if kind is None:
         kind = detect(raw.peek(6))
     if kind == GZIP:
         from isal import igzip
 
-        return igzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[arg-type]
+        return cast(Readable, igzip.GzipFile(fileobj=raw, mode="rb"))  # type: ignore[no-untyped-call]
     if kind == ZSTD:
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(  # type: ignore[no-any-return]
-            raw, read_size=1 << 20, read_across_frames=True, closefd=False
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            cast(Any, raw), read_size=1 << 20, read_across_frames=True, closefd=False
         )
+        return cast(Readable, reader)
     if kind == BZIP2:
-        return bz2.BZ2File(raw)  # type: ignore[arg-type]
+        return cast(Readable, bz2.BZ2File(cast(Any, raw)))
     if kind == XZ:
-        return lzma.LZMAFile(raw)  # type: ignore[arg-type]
+        return cast(Readable, lzma.LZMAFile(cast(Any, raw)))
     return raw
 
 

@@ -84,7 +84,9 @@ class TarSplitWriter:
             namepart = ',"name_raw":"%s"' % _b64(name).decode("ascii")
         sizepart = ',"size":%d' % size if size else ""
         payload = '"%s"' % _b64(crc).decode("ascii") if crc is not None else "null"
-        self._lines.append('{"type":1%s%s,"payload":%s,"position":%d}\n' % (namepart, sizepart, payload, self._pos))
+        self._lines.append(
+            '{"type":1%s%s,"payload":%s,"position":%d}\n' % (namepart, sizepart, payload, self._pos)
+        )
         self._pos += 1
         if len(self._lines) >= _BATCH:
             self.flush()
@@ -119,7 +121,7 @@ def read_entries(stream: IO[bytes]) -> Iterator[Entry]:
         try:
             obj = json.loads(line)
             t = int(obj["type"])
-            if "name_raw" in obj and obj["name_raw"]:
+            if obj.get("name_raw"):
                 name = base64.b64decode(obj["name_raw"])
             else:
                 name = str(obj.get("name", "")).encode("utf-8", "surrogateescape")
@@ -185,7 +187,9 @@ def assemble(
                 os.close(fd)
             name = e.name.decode("utf-8", "backslashreplace")
             if left:
-                raise AssemblyError(f"cannot reassemble layer: {name!r} is shorter than recorded ({e.size} bytes)")
+                raise AssemblyError(
+                    f"cannot reassemble layer: {name!r} is shorter than recorded ({e.size} bytes)"
+                )
             if e.payload is not None and crc64_bytes(crc) != e.payload:
                 raise AssemblyError(f"cannot reassemble layer: file integrity checksum failed for {name!r}")
     return total

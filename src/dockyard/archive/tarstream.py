@@ -515,7 +515,7 @@ class TarReader:
             h, blk, fmt = got
             self._set_data(h)
             tf = h.typeflag
-            if tf == TYPE_XHEADER or tf == TYPE_XGLOBAL:
+            if tf in (TYPE_XHEADER, TYPE_XGLOBAL):
                 pax = _parse_pax_records(self._read_special())
                 if tf == TYPE_XGLOBAL:
                     _merge_pax(h, pax)
@@ -528,7 +528,7 @@ class TarReader:
                     g.mtime_ns = 0
                     return g
                 continue
-            if tf == TYPE_GNU_LONGNAME or tf == TYPE_GNU_LONGLINK:
+            if tf in (TYPE_GNU_LONGNAME, TYPE_GNU_LONGLINK):
                 data = _cstr(self._read_special())
                 if tf == TYPE_GNU_LONGNAME:
                     long_name = data

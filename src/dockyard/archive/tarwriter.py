@@ -15,7 +15,9 @@ BLOCK = 512
 
 
 class TarWriter:
-    def __init__(self, write: Callable[[bytes], Any], *, uname: str = "", gname: str = "") -> None:
+    def __init__(
+        self, write: Callable[[bytes | memoryview], Any], *, uname: str = "", gname: str = ""
+    ) -> None:
         self._write = write
         self.uname = uname
         self.gname = gname
@@ -49,8 +51,9 @@ class TarWriter:
     def add_bytes(self, name: str, data: bytes, *, mode: int = 0o644, mtime: int = 0) -> None:
         self.add_stream(name, len(data), [data], mode=mode, mtime=mtime)
 
-    def add_stream(self, name: str, size: int, chunks: Iterable[bytes | memoryview], *, mode: int = 0o644,
-                   mtime: int = 0) -> None:
+    def add_stream(
+        self, name: str, size: int, chunks: Iterable[bytes | memoryview], *, mode: int = 0o644, mtime: int = 0
+    ) -> None:
         ti = tarfile.TarInfo(name)
         ti.size = size
         ti.mode = mode

@@ -18,8 +18,14 @@ def demo(ctx: Context, name: str) -> None:
     from dockyard.ops.demo import demo_rootfs
     from dockyard.ops.transfer import import_image
 
-    image_id = import_image(ctx.store, "demo-rootfs.tar", name, changes=['CMD ["/bin/sh"]'],
-                            message="dockyard demo rootfs", stream=io.BytesIO(demo_rootfs()))
+    image_id = import_image(
+        ctx.store,
+        "demo-rootfs.tar",
+        name,
+        changes=['CMD ["/bin/sh"]'],
+        message="dockyard demo rootfs",
+        stream=io.BytesIO(demo_rootfs()),
+    )
     click.echo(f"Imported {name} as {image_id}\n")
     click.echo(f"$ dockyard --data-root {ctx.root} images")
     click.get_current_context().invoke(commands_images.images)

@@ -16,8 +16,13 @@ def _progress_enabled(quiet: bool) -> bool:
 
 
 @cli.command()
-@click.option("-i", "--input", "input_path", metavar="PATH",
-              help="Read from a tar archive (docker save, OCI layout tar, optionally compressed) or an OCI layout dir, instead of STDIN.")
+@click.option(
+    "-i",
+    "--input",
+    "input_path",
+    metavar="PATH",
+    help="Read from a tar archive (docker save, OCI layout tar, optionally compressed) or an OCI layout dir, instead of STDIN.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Suppress the load output.")
 @click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Platform to load from a multi-platform index.")
 @pass_ctx
@@ -33,14 +38,18 @@ def load(ctx: Context, input_path: str | None, quiet: bool, platform: str | None
     plat = parse_platform(platform) if platform else None
     with store.write_lock():
         makedirs(store.layout.tmp, 0o700)
-        with open_input(input_path, spool_dir=store.layout.tmp, platform=plat) as images:
-            with LayerProgress(enabled=_progress_enabled(quiet), verb="Loading layer") as prog:
-                loaded = load_images(store, images, on_layer_progress=prog.update)
+        with (
+            open_input(input_path, spool_dir=store.layout.tmp, platform=plat) as images,
+            LayerProgress(enabled=_progress_enabled(quiet), verb="Loading layer") as prog,
+        ):
+            loaded = load_images(store, images, on_layer_progress=prog.update)
     if quiet:
         return
     for li in loaded:
         for ref, old in li.renamed:
-            click.echo(f"The image {ref.familiar_string()} already exists, renaming the old one with ID {old} to empty string")
+            click.echo(
+                f"The image {ref.familiar_string()} already exists, renaming the old one with ID {old} to empty string"
+            )
         if li.names:
             for ref in li.names:
                 click.echo(f"Loaded image: {ref.familiar_string()}")
@@ -50,13 +59,23 @@ def load(ctx: Context, input_path: str | None, quiet: bool, platform: str | None
 
 @cli.command()
 @click.argument("repository", required=False)
-@click.option("-a", "--all", "all_", is_flag=True, help="Show all images (default hides intermediate images).")
+@click.option(
+    "-a", "--all", "all_", is_flag=True, help="Show all images (default hides intermediate images)."
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
 @click.option("--digests", is_flag=True, help="Show digests.")
 @click.option("--no-trunc", is_flag=True, help="Don't truncate output.")
 @click.option("--format", "fmt", metavar="FORMAT", help="'json' (one object per line) or 'table'.")
 @pass_ctx
-def images(ctx: Context, repository: str | None, all_: bool, quiet: bool, digests: bool, no_trunc: bool, fmt: str | None) -> None:
+def images(
+    ctx: Context,
+    repository: str | None,
+    all_: bool,
+    quiet: bool,
+    digests: bool,
+    no_trunc: bool,
+    fmt: str | None,
+) -> None:
     """List images."""
     from dockyard.image.reference import parse_reference
     from dockyard.ops.images import list_images
@@ -65,8 +84,8 @@ def images(ctx: Context, repository: str | None, all_: bool, quiet: bool, digest
     want_repo = None
     want_tag = None
     if repository:
-        r = parse_reference(repository)
-        want_repo, want_tag = r.familiar_name, r.tag
+        wanted = parse_reference(repository)
+        want_repo, want_tag = wanted.familiar_name, wanted.tag
     seen_ids: list[str] = []
     for s in list_images(ctx.store, all=all_):
         image_id = s.id if no_trunc else s.id[7:19]
@@ -88,19 +107,21 @@ def images(ctx: Context, repository: str | None, all_: bool, quiet: bool, digest
         for repo, tag, dg in entries:
             if want_repo is not None and (repo != want_repo or (want_tag and tag != want_tag)):
                 continue
-            rows.append({
-                "Containers": "N/A",
-                "CreatedAt": go_time_string(s.created_ns),
-                "CreatedSince": since(s.created_ns),
-                "Digest": dg,
-                "ID": image_id,
-                "Repository": repo,
-                "SharedSize": "N/A",
-                "Size": human_size(s.size),
-                "Tag": tag,
-                "UniqueSize": "N/A",
-                "VirtualSize": human_size(s.size),
-            })
+            rows.append(
+                {
+                    "Containers": "N/A",
+                    "CreatedAt": go_time_string(s.created_ns),
+                    "CreatedSince": since(s.created_ns),
+                    "Digest": dg,
+                    "ID": image_id,
+                    "Repository": repo,
+                    "SharedSize": "N/A",
+                    "Size": human_size(s.size),
+                    "Tag": tag,
+                    "UniqueSize": "N/A",
+                    "VirtualSize": human_size(s.size),
+                }
+            )
             if image_id not in seen_ids:
                 seen_ids.append(image_id)
     if quiet:
@@ -108,16 +129,23 @@ def images(ctx: Context, repository: str | None, all_: bool, quiet: bool, digest
             click.echo(i)
         return
     if fmt and fmt.strip() in ("json", "{{json .}}"):
-        for r in rows:
-            json_line(r)
+        for row in rows:
+            json_line(row)
         return
     if fmt and fmt not in ("table",):
-        for r in rows:
-            click.echo(_go_template(fmt, r))
+        for row in rows:
+            click.echo(_go_template(fmt, row))
         return
     headers = ["REPOSITORY", "TAG"] + (["DIGEST"] if digests else []) + ["IMAGE ID", "CREATED", "SIZE"]
-    table(headers, [[r["Repository"], r["Tag"]] + ([r["Digest"]] if digests else [])
-                    + [r["ID"], r["CreatedSince"], r["Size"]] for r in rows])
+    table(
+        headers,
+        [
+            [r["Repository"], r["Tag"]]
+            + ([r["Digest"]] if digests else [])
+            + [r["ID"], r["CreatedSince"], r["Size"]]
+            for r in rows
+        ],
+    )
 
 
 def _go_template(fmt: str, row: dict[str, Any]) -> str:
@@ -167,7 +195,9 @@ def inspect_cmd(ctx: Context, names: tuple[str, ...], fmt: str | None) -> None:
 
 @cli.command()
 @click.argument("name")
-@click.option("-H", "--human/--no-human", default=True, help="Print sizes and dates in human readable format.")
+@click.option(
+    "-H", "--human/--no-human", default=True, help="Print sizes and dates in human readable format."
+)
 @click.option("--no-trunc", is_flag=True, help="Don't truncate output.")
 @click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
 @click.option("--format", "fmt", help="'json' (one object per line).")
@@ -185,14 +215,16 @@ def history(ctx: Context, name: str, human: bool, no_trunc: bool, quiet: bool, f
         if not no_trunc:
             created_by = _ellipsis(created_by.replace("\t", " "), 45)
         ns = it.created * 1_000_000_000
-        rows.append({
-            "Comment": it.comment,
-            "CreatedAt": gojson.format_rfc3339nano(ns) if human else str(it.created),
-            "CreatedBy": created_by,
-            "CreatedSince": since(ns),
-            "ID": iid,
-            "Size": human_size(it.size) if human else str(it.size),
-        })
+        rows.append(
+            {
+                "Comment": it.comment,
+                "CreatedAt": gojson.format_rfc3339nano(ns) if human else str(it.created),
+                "CreatedBy": created_by,
+                "CreatedSince": since(ns),
+                "ID": iid,
+                "Size": human_size(it.size) if human else str(it.size),
+            }
+        )
     if quiet:
         for r in rows:
             click.echo(r["ID"])
@@ -205,8 +237,13 @@ def history(ctx: Context, name: str, human: bool, no_trunc: bool, quiet: bool, f
         for r in rows:
             click.echo(_go_template(fmt, r))
         return
-    table(["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
-          [[r["ID"], r["CreatedSince"] if human else r["CreatedAt"], r["CreatedBy"], r["Size"], r["Comment"]] for r in rows])
+    table(
+        ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
+        [
+            [r["ID"], r["CreatedSince"] if human else r["CreatedAt"], r["CreatedBy"], r["Size"], r["Comment"]]
+            for r in rows
+        ],
+    )
 
 
 def _ellipsis(s: str, n: int) -> str:
@@ -267,8 +304,14 @@ def explain(ctx: Context, name: str, fmt: str) -> None:
 @cli.command()
 @click.argument("names", nargs=-1, required=True)
 @click.option("-o", "--output", metavar="FILE", help="Write to a file, instead of STDOUT.")
-@click.option("--format", "fmt", type=click.Choice(["docker", "oci"]), default="docker", show_default=True,
-              help="docker: docker-save tar (Docker 20.10 layout); oci: OCI image layout tar.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["docker", "oci"]),
+    default="docker",
+    show_default=True,
+    help="docker: docker-save tar (Docker 20.10 layout); oci: OCI image layout tar.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @pass_ctx
 def save(ctx: Context, names: tuple[str, ...], output: str | None, fmt: str, quiet: bool) -> None:
@@ -276,21 +319,33 @@ def save(ctx: Context, names: tuple[str, ...], output: str | None, fmt: str, qui
     from dockyard.cli.progress import LayerProgress
     from dockyard.ops.transfer import save as save_images
 
-    with LayerProgress(enabled=_progress_enabled(quiet) and output not in (None, "-"), verb="Saving layer") as prog:
+    with LayerProgress(
+        enabled=_progress_enabled(quiet) and output not in (None, "-"), verb="Saving layer"
+    ) as prog:
         save_images(ctx.store, list(names), output, fmt=fmt, progress=prog.update)
 
 
 @cli.command("import")
 @click.argument("source")
 @click.argument("repository", required=False)
-@click.option("-c", "--change", "changes", multiple=True, help="Apply a Dockerfile instruction to the created image.")
+@click.option(
+    "-c", "--change", "changes", multiple=True, help="Apply a Dockerfile instruction to the created image."
+)
 @click.option("-m", "--message", default="", help="Set commit message for imported image.")
 @click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Set platform of the imported image.")
 @pass_ctx
-def import_cmd(ctx: Context, source: str, repository: str | None, changes: tuple[str, ...], message: str,
-               platform: str | None) -> None:
+def import_cmd(
+    ctx: Context,
+    source: str,
+    repository: str | None,
+    changes: tuple[str, ...],
+    message: str,
+    platform: str | None,
+) -> None:
     """Import the contents from a tarball (or - for STDIN) to create a filesystem image."""
     from dockyard.ops.transfer import import_image
 
-    image_id = import_image(ctx.store, source, repository, changes=list(changes), message=message, platform=platform)
+    image_id = import_image(
+        ctx.store, source, repository, changes=list(changes), message=message, platform=platform
+    )
     click.echo(image_id)

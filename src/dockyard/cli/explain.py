@@ -37,7 +37,7 @@ def print_explain(info: dict[str, Any], root: str) -> None:
         if layer["parent_chain_id"] is None:
             e("                = diffID (bottom layer)")
         else:
-            e(f"                = sha256(\"<chainID[{i - 1}]> <diffID[{i}]>\")")
+            e(f'                = sha256("<chainID[{i - 1}]> <diffID[{i}]>")')
             e(f"                  chainID[{i - 1}] = {layer['parent_chain_id']}")
         if "error" in layer:
             e(f"  PROBLEM:      {layer['error']}")
@@ -51,5 +51,7 @@ def print_explain(info: dict[str, Any], root: str) -> None:
         if layer.get("lower"):
             e(f"  lower:        {layer['lower']}")
         n = layer.get("entries")
-        e(f"  size:         {human_size(layer['size'])} ({layer['size']} bytes), {n if n is not None else '?'} tar entries")
+        e(
+            f"  size:         {human_size(layer['size'])} ({layer['size']} bytes), {n if n is not None else '?'} tar entries"
+        )
         e("")

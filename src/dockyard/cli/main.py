@@ -49,8 +49,13 @@ class DockyardGroup(click.Group):
 
 
 @click.group(cls=DockyardGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--data-root", "data_root", metavar="DIR", default=None,
-              help="Docker-layout data-root to use [env DOCKYARD_DATA_ROOT; default /var/lib/dockyard as root].")
+@click.option(
+    "--data-root",
+    "data_root",
+    metavar="DIR",
+    default=None,
+    help="Docker-layout data-root to use [env DOCKYARD_DATA_ROOT; default /var/lib/dockyard as root].",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
 @click.version_option(__version__, prog_name="dockyard")
 @click.pass_context
@@ -80,7 +85,7 @@ def main() -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(141)
-    except Exception as e:  # noqa: BLE001 - the one place errors become messages
+    except Exception as e:
         from dockyard.errors import DockyardError
 
         if isinstance(e, DockyardError):

@@ -49,7 +49,9 @@ class LayerProgress:
             self._last = now
             self._progress.refresh()
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._progress is not None:
             if t is None:
                 for task in self._tasks.values():

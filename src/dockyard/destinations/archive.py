@@ -36,12 +36,14 @@ def _created_s(store: Store, image_id: str) -> int:
         return 0
 
 
-def _stream_layer(store: Store, tw: TarWriter, name: str, layer: Any, mtime: int, progress: ProgressFn | None) -> int:
+def _stream_layer(
+    store: Store, tw: TarWriter, name: str, layer: Any, mtime: int, progress: ProgressFn | None
+) -> int:
     size = layer_tar_size(store.layers.tar_split_path(layer.chain_id))
     tw.begin_file(name, size, mtime=mtime)
     done = [0]
 
-    def write(b: bytes) -> None:
+    def write(b: bytes | memoryview) -> None:
         tw.write_data(b)
         done[0] += len(b)
         if progress:
@@ -54,8 +56,12 @@ def _stream_layer(store: Store, tw: TarWriter, name: str, layer: Any, mtime: int
     return size
 
 
-def write_docker_save(store: Store, images: list[SelectedImage], write: Callable[[bytes], Any],
-                      progress: ProgressFn | None = None) -> None:
+def write_docker_save(
+    store: Store,
+    images: list[SelectedImage],
+    write: Callable[[bytes | memoryview], Any],
+    progress: ProgressFn | None = None,
+) -> None:
     # Plan every entry first: Docker's archiver writes a temp dir in lexical order.
     entries: dict[str, tuple[str, Any]] = {}
     manifest: list[dict[str, Any]] = []
@@ -113,8 +119,12 @@ def write_docker_save(store: Store, images: list[SelectedImage], write: Callable
     tw.close()
 
 
-def write_oci_archive(store: Store, images: list[SelectedImage], write: Callable[[bytes], Any],
-                      progress: ProgressFn | None = None) -> None:
+def write_oci_archive(
+    store: Store,
+    images: list[SelectedImage],
+    write: Callable[[bytes | memoryview], Any],
+    progress: ProgressFn | None = None,
+) -> None:
     tw = TarWriter(write, uname="root", gname="root")
     blobs_written: set[str] = set()
     index_manifests: list[dict[str, Any]] = []
@@ -154,11 +164,16 @@ def write_oci_archive(store: Store, images: list[SelectedImage], write: Callable
         if not im.refs:
             index_manifests.append({**desc, "platform": platform})
         for r in im.refs:
-            index_manifests.append({
-                **desc,
-                "annotations": {"io.containerd.image.name": str(r), "org.opencontainers.image.ref.name": r.tag},
-                "platform": platform,
-            })
+            index_manifests.append(
+                {
+                    **desc,
+                    "annotations": {
+                        "io.containerd.image.name": str(r),
+                        "org.opencontainers.image.ref.name": r.tag,
+                    },
+                    "platform": platform,
+                }
+            )
     index = {"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": index_manifests}
     tw.add_bytes("index.json", (gojson.marshal(index) + "\n").encode())
     tw.close()

@@ -59,7 +59,7 @@ def extract_layer(job: ExtractJob, progress: ProgressFn) -> ExtractOutcome:
             raise InvalidInput(f"{job.label}: cannot decompress: {e}") from None
         fd = os.open(job.tar_split_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         with os.fdopen(fd, "wb") as tsf:
-            gz = igzip.GzipFile(fileobj=tsf, mode="wb", compresslevel=1, mtime=0)
+            gz = igzip.GzipFile(fileobj=tsf, mode="wb", compresslevel=1, mtime=0)  # type: ignore[no-untyped-call]
 
             def read(n: int) -> bytes:
                 data = stream.read(n)
@@ -175,8 +175,12 @@ def load_images(
                 p.pending = store.layers.begin(parent_cache)
 
             jobs = [
-                ExtractJob(p.blob, store.driver.diff_path(p.pending.cache_id), p.pending.tar_split_path,  # type: ignore[union-attr]
-                           p.blob.description or p.chain_id)
+                ExtractJob(
+                    p.blob,
+                    store.driver.diff_path(p.pending.cache_id),
+                    p.pending.tar_split_path,  # type: ignore[union-attr]
+                    p.blob.description or p.chain_id,
+                )
                 for p in todo
             ]
             # Biggest first, so the longest layer does not start last.

@@ -13,7 +13,18 @@ from typing import Any
 
 from dockyard.errors import InvalidInput
 
-ALLOWED = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD", "USER", "VOLUME", "WORKDIR", "STOPSIGNAL")
+ALLOWED = (
+    "CMD",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "LABEL",
+    "ONBUILD",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+    "STOPSIGNAL",
+)
 
 
 def _json_or_shell(rest: str) -> tuple[list[str], bool]:

@@ -72,8 +72,11 @@ def parse_platform(s: str) -> Platform:
     if len(parts) == 1 and parts[0]:
         return Platform("linux", _ARCH.get(parts[0].lower(), parts[0].lower()))
     if len(parts) in (2, 3) and all(parts):
-        return Platform(parts[0].lower(), _ARCH.get(parts[1].lower(), parts[1].lower()),
-                        parts[2].lower() if len(parts) == 3 else "")
+        return Platform(
+            parts[0].lower(),
+            _ARCH.get(parts[1].lower(), parts[1].lower()),
+            parts[2].lower() if len(parts) == 3 else "",
+        )
     raise DockyardError(f"invalid platform {s!r}: expected os/arch[/variant], e.g. linux/arm64")
 
 

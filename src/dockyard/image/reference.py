@@ -112,9 +112,7 @@ def parse_reference(s: str) -> Reference:
     if not s:
         raise InvalidReference("invalid reference format")
     if _ANCHORED_HEX.match(s):
-        raise InvalidReference(
-            f"invalid repository name ({s}), cannot specify 64-byte hexadecimal strings"
-        )
+        raise InvalidReference(f"invalid repository name ({s}), cannot specify 64-byte hexadecimal strings")
     m = _REFERENCE_RE.match(s)
     if not m:
         # Docker checks the lowercase form to give the better message.
@@ -127,9 +125,8 @@ def parse_reference(s: str) -> Reference:
         raise InvalidReference("invalid reference format: repository name must be lowercase")
     if len(domain) + 1 + len(rest) > NAME_TOTAL_LENGTH_MAX:
         raise InvalidReference(f"repository name must not be more than {NAME_TOTAL_LENGTH_MAX} characters")
-    if digest is not None:
-        if not digest.startswith("sha256:") or not re.match(r"^sha256:[a-f0-9]{64}$", digest):
-            raise InvalidReference(f"invalid digest {digest!r} in reference {s!r}")
+    if digest is not None and not re.match(r"^sha256:[a-f0-9]{64}$", digest):
+        raise InvalidReference(f"invalid digest {digest!r} in reference {s!r}")
     return Reference(domain, rest, tag, digest)
 
 

@@ -32,8 +32,11 @@ def v1_image(cfg: ImageConfig | None) -> dict[str, Any]:
     d = cfg.data if cfg is not None else {}
     out: dict[str, Any] = {}
     out["comment"] = d.get("comment") or ""
-    out["created"] = _go_time(d["created"]) if cfg is not None and d.get("created") else (
-        EPOCH if cfg is None else gojson.ZERO_TIME)
+    out["created"] = (
+        _go_time(d["created"])
+        if cfg is not None and d.get("created")
+        else (EPOCH if cfg is None else gojson.ZERO_TIME)
+    )
     out["container"] = d.get("container") or ""
     out["container_config"] = container_config(d.get("container_config") or {})
     out["docker_version"] = d.get("docker_version") or ""

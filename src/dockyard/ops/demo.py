@@ -20,7 +20,9 @@ def demo_rootfs() -> bytes:
     """A GNU-style rootfs tar: dirs, files, a symlink, a hard link."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        dirs = sorted({"/".join(p.split("/")[:i]) for p in FILES for i in range(1, p.count("/") + 1)} | {"tmp", "root"})
+        dirs = sorted(
+            {"/".join(p.split("/")[:i]) for p in FILES for i in range(1, p.count("/") + 1)} | {"tmp", "root"}
+        )
         for d in dirs:
             ti = tarfile.TarInfo(d)
             ti.type = tarfile.DIRTYPE

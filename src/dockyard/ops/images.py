@@ -52,7 +52,7 @@ def list_images(store: Store, *, all: bool = False) -> list[ImageSummary]:
     parents = store.images.all_parents()
     has_children = set(parents.values())
     out = []
-    for image_id in store.images.list():
+    for image_id in store.images.ids():
         try:
             cfg = store.images.get(image_id)
             size = image_size(store, image_id)
@@ -63,7 +63,9 @@ def list_images(store: Store, *, all: bool = False) -> list[ImageSummary]:
         digests = sorted(x.familiar_string() for x in r if x.digest)
         if not r and not all and image_id in has_children:
             continue
-        out.append(ImageSummary(image_id, cfg, tags, digests, size, _created_ns(cfg), parents.get(image_id, ""), r))
+        out.append(
+            ImageSummary(image_id, cfg, tags, digests, size, _created_ns(cfg), parents.get(image_id, ""), r)
+        )
     out.sort(key=lambda s: -s.created_ns)
     return out
 
@@ -211,8 +213,17 @@ def history(store: Store, image_id: str) -> list[HistoryItem]:
             created = gojson.parse_rfc3339(str(h.get("created", ""))) // 1_000_000_000
         except ValueError:
             created = -62135596800  # Go's zero time
-        items.insert(0, HistoryItem("<missing>", created, str(h.get("created_by", "") or ""),
-                                    str(h.get("comment", "") or ""), size, None))
+        items.insert(
+            0,
+            HistoryItem(
+                "<missing>",
+                created,
+                str(h.get("created_by", "") or ""),
+                str(h.get("comment", "") or ""),
+                size,
+                None,
+            ),
+        )
     cur: str | None = image_id
     for item in items:
         if cur is None:
@@ -252,7 +263,9 @@ class _Deleter:
     def refs_of(self, image_id: str) -> list[Reference]:
         return self.store.refs.references_to(image_id)
 
-    def check(self, image_id: str, *, children: bool, running: bool, refs: bool, stopped: bool) -> Conflict | None:
+    def check(
+        self, image_id: str, *, children: bool, running: bool, refs: bool, stopped: bool
+    ) -> Conflict | None:
         st = self.store
         if children and st.images.children(image_id):
             return _conflict(image_id, True, "image has dependent child images")
@@ -260,13 +273,17 @@ class _Deleter:
         if running:
             for c in users:
                 if c.running:
-                    return _conflict(image_id, True, f"image is being used by running container {short_id(c.id)}")
+                    return _conflict(
+                        image_id, True, f"image is being used by running container {short_id(c.id)}"
+                    )
         if refs and self.refs_of(image_id):
             return _conflict(image_id, False, "image is referenced in multiple repositories")
         if stopped:
             for c in users:
                 if not c.running:
-                    return _conflict(image_id, False, f"image is being used by stopped container {short_id(c.id)}")
+                    return _conflict(
+                        image_id, False, f"image is being used by stopped container {short_id(c.id)}"
+                    )
         return None
 
     def untag(self, ref: Reference) -> None:
@@ -284,15 +301,15 @@ class _Deleter:
                 ref = next((r for r in repo_refs if r.store_key() == ref.store_key()), ref)
             self.untag(ref)
             repo_refs = self.refs_of(image_id)
-            if ref.digest is None:
-                if not any(r.digest is None and r.name == ref.name for r in repo_refs):
-                    remaining = []
-                    for r in repo_refs:
-                        if r.digest is not None and r.name == ref.name:
-                            self.untag(r)
-                        else:
-                            remaining.append(r)
-                    repo_refs = remaining
+            if ref.digest is None and not any(r.digest is None and r.name == ref.name for r in repo_refs):
+                # only digest references of that repository remain: they go too
+                remaining = []
+                for r in repo_refs:
+                    if r.digest is not None and r.name == ref.name:
+                        self.untag(r)
+                    else:
+                        remaining.append(r)
+                repo_refs = remaining
             if repo_refs:
                 return
             removed_repo_ref = True
@@ -364,7 +381,9 @@ def release_layers(store: Store, top: str) -> list[str]:
     return deleted
 
 
-def remove_images(store: Store, names: list[str], *, force: bool = False, prune: bool = True) -> tuple[list[tuple[str, str]], list[str]]:
+def remove_images(
+    store: Store, names: list[str], *, force: bool = False, prune: bool = True
+) -> tuple[list[tuple[str, str]], list[str]]:
     """``docker rmi``: records of what was untagged/deleted, and error messages per failed name."""
     records: list[tuple[str, str]] = []
     errors: list[str] = []

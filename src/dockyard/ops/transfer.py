@@ -24,8 +24,14 @@ from dockyard.store import Store
 from dockyard.store.atomic import fsync_dir, syncfs
 
 
-def save(store: Store, names: list[str], output: str | None, *, fmt: str = "docker",
-         progress: ProgressFn | None = None) -> None:
+def save(
+    store: Store,
+    names: list[str],
+    output: str | None,
+    *,
+    fmt: str = "docker",
+    progress: ProgressFn | None = None,
+) -> None:
     """``docker save``: to ``output`` (written to a temp file, then renamed) or to stdout."""
     images = select_images(store, names)
     writer = write_oci_archive if fmt == "oci" else write_docker_save
@@ -80,9 +86,17 @@ class _NoClose:
         pass
 
 
-def import_image(store: Store, source: str, repo_tag: str | None, *, changes: list[str], message: str,
-                 platform: str | None = None, progress: Callable[[str, int, int | None], None] | None = None,
-                 stream: IO[bytes] | None = None) -> str:
+def import_image(
+    store: Store,
+    source: str,
+    repo_tag: str | None,
+    *,
+    changes: list[str],
+    message: str,
+    platform: str | None = None,
+    progress: Callable[[str, int, int | None], None] | None = None,
+    stream: IO[bytes] | None = None,
+) -> str:
     """``docker import``: a rootfs tar (optionally compressed) becomes a one-layer image.
 
     ``source`` is a path or ``-`` (stdin); ``stream``, when given, is read instead.

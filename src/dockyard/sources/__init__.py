@@ -34,7 +34,9 @@ def read_tree(tree: Tree, *, platform: Platform | None, name_hint: str) -> list[
         raise InvalidInput(
             f"{tree.label}: this is a pre-1.10 docker save (no manifest.json); it is not supported"
         )
-    raise InvalidInput(f"{tree.label}: not a docker save archive or OCI image layout (no manifest.json or index.json)")
+    raise InvalidInput(
+        f"{tree.label}: not a docker save archive or OCI image layout (no manifest.json or index.json)"
+    )
 
 
 def _spool(src: IO[bytes], spool_dir: str, label: str) -> str:
@@ -47,7 +49,7 @@ def _spool(src: IO[bytes], spool_dir: str, label: str) -> str:
             raw = compression.VerifyingReader(_Prepend(head, src), what=label)
             stream = compression.decompressor(raw, kind)
             try:
-                shutil.copyfileobj(stream, out, 1 << 20)  # type: ignore[misc]
+                shutil.copyfileobj(stream, out, 1 << 20)
             except (OSError, EOFError) as e:
                 if isinstance(e, OSError) and e.errno is not None and e.errno in (28,):
                     raise
@@ -75,7 +77,9 @@ class _Prepend:
 
 
 @contextmanager
-def open_input(path: str | None, *, spool_dir: str, platform: Platform | None = None) -> Iterator[list[SourceImage]]:
+def open_input(
+    path: str | None, *, spool_dir: str, platform: Platform | None = None
+) -> Iterator[list[SourceImage]]:
     """The images in ``path`` (None or ``-``: standard input)."""
     spooled: str | None = None
     try:

@@ -42,7 +42,9 @@ def read_blob(tree: Tree, desc: dict[str, Any], what: str, limit: int = MAX_JSON
         raise InvalidInput(f"{tree.label}: {what} blob {digest} is missing")
     data = tree.read(path, limit)
     if isinstance(size, int) and size != len(data):
-        raise InvalidInput(f"{tree.label}: {what} {digest}: size mismatch: descriptor says {size}, blob has {len(data)}")
+        raise InvalidInput(
+            f"{tree.label}: {what} {digest}: size mismatch: descriptor says {size}, blob has {len(data)}"
+        )
     import hashlib
 
     got = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -100,12 +102,16 @@ def _names_for(desc: dict[str, Any], repo: str, label: str) -> list[Reference]:
         raise InvalidInput(f"{label}: cannot make a reference from {repo}:{ref}: {e}") from None
 
 
-def read_oci_layout(tree: Tree, *, platform: Platform | None = None, repo_hint: str = "") -> list[SourceImage]:
+def read_oci_layout(
+    tree: Tree, *, platform: Platform | None = None, repo_hint: str = ""
+) -> list[SourceImage]:
     label = tree.label
     if tree.exists("oci-layout"):
         layout = _json(tree.read("oci-layout", 4096), "oci-layout", label)
         if layout.get("imageLayoutVersion") not in ("1.0.0", "1.0.1", "1.1.0"):
-            raise InvalidInput(f"{label}: unsupported imageLayoutVersion {layout.get('imageLayoutVersion')!r}")
+            raise InvalidInput(
+                f"{label}: unsupported imageLayoutVersion {layout.get('imageLayoutVersion')!r}"
+            )
     index = _json(tree.read("index.json", MAX_JSON), "index.json", label)
     want = platform or host_platform()
     explicit = platform is not None
@@ -197,7 +203,7 @@ def _image(tree: Tree, desc: dict[str, Any], names: list[Reference]) -> SourceIm
         path = _blob_path(digest)
         if not tree.exists(path):
             raise InvalidInput(f"{label}: layer blob {digest} is missing")
-        opener, actual = tree.opener(path)
+        opener, _actual = tree.opener(path)
         mt = ld.get("mediaType") if isinstance(ld.get("mediaType"), str) else None
         layers.append(
             LayerBlob(

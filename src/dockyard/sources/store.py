@@ -79,20 +79,22 @@ def layer_tar_size(tar_split_path: str) -> int:
     return total
 
 
-def write_layer_tar(store: Store, layer: Layer, write: Callable[[bytes], Any]) -> int:
+def write_layer_tar(store: Store, layer: Layer, write: Callable[[bytes | memoryview], Any]) -> int:
     """Stream the layer's tar to ``write``, checking its sha256 against the diffID."""
     h = hashlib.sha256()
 
-    def out(b: bytes) -> None:
+    def out(b: bytes | memoryview) -> None:
         h.update(b)
         write(b)
 
     path = store.layers.tar_split_path(layer.chain_id)
     try:
         with gzip.open(path, "rb") as ts:
-            n = assemble(ts, store.driver.diff_path(layer.cache_id), out)
+            n = assemble(ts, store.driver.diff_path(layer.cache_id), out)  # type: ignore[arg-type]
     except FileNotFoundError:
-        raise StoreCorrupt(f"layer {layer.chain_id}: tar-split data is missing; it cannot be exported") from None
+        raise StoreCorrupt(
+            f"layer {layer.chain_id}: tar-split data is missing; it cannot be exported"
+        ) from None
     except AssemblyError as e:
         raise StoreCorrupt(f"layer {layer.chain_id}: {e}") from None
     except (OSError, EOFError) as e:
@@ -106,5 +108,13 @@ def write_layer_tar(store: Store, layer: Layer, write: Callable[[bytes], Any]) -
     return n
 
 
-__all__ = ["DockyardError", "InvalidInput", "LayerError", "NotFound", "SelectedImage", "layer_tar_size",
-           "select_images", "write_layer_tar"]
+__all__ = [
+    "DockyardError",
+    "InvalidInput",
+    "LayerError",
+    "NotFound",
+    "SelectedImage",
+    "layer_tar_size",
+    "select_images",
+    "write_layer_tar",
+]

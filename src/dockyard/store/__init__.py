@@ -94,7 +94,7 @@ class Store:
     def _search_prefix(self, prefix: str, shown: str) -> str | None:
         if not _HEX_PREFIX.match(prefix):
             return None
-        hits = [i for i in self.images.list() if i[7:].startswith(prefix)]
+        hits = [i for i in self.images.ids() if i[7:].startswith(prefix)]
         if len(hits) > 1:
             raise AmbiguousImage(f"multiple IDs found with provided prefix: {shown}")
         return hits[0] if hits else None
@@ -114,14 +114,14 @@ class Store:
         parent layer.
         """
         counts: dict[str, int] = {}
-        for image_id in self.images.list():
+        for image_id in self.images.ids():
             try:
                 top = self.images.get(image_id).top_chain
             except DockyardError:
                 continue
             if top:
                 counts[top] = counts.get(top, 0) + 1
-        for chain in self.layers.list():
+        for chain in self.layers.ids():
             try:
                 parent = self.layers.get(chain).parent
             except DockyardError:
@@ -133,7 +133,7 @@ class Store:
         return counts
 
     def mount_parents(self) -> list[str]:
-        out = []
+        out: list[str] = []
         try:
             names = os.listdir(self.layout.layerdb_mounts)
         except FileNotFoundError:

@@ -22,7 +22,7 @@ class ImageStore:
         for d in (self.layout.imagedb_content, self.layout.imagedb_metadata):
             makedirs(d, 0o700)
 
-    def list(self) -> list[str]:
+    def ids(self) -> list[str]:
         try:
             names = os.listdir(self.layout.imagedb_content)
         except FileNotFoundError:
@@ -85,7 +85,7 @@ class ImageStore:
 
     def children(self, image_id: str) -> list[str]:
         """Images whose ``parent`` metadata names ``image_id``."""
-        out = []
+        out: list[str] = []
         try:
             names = os.listdir(self.layout.imagedb_metadata)
         except FileNotFoundError:

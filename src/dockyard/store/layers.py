@@ -93,7 +93,7 @@ class LayerStore:
         out.reverse()
         return out
 
-    def list(self) -> list[str]:
+    def ids(self) -> list[str]:
         try:
             names = os.listdir(self.layout.layerdb_sha256)
         except FileNotFoundError:
@@ -182,7 +182,7 @@ class LayerStore:
     def _cache_id_published(self, cache_id: str, besides: str) -> bool:
         # A -removing dir's cache-id is never shared; a staging dir's never published. Being careful
         # costs one read per layer and only runs when something was left behind.
-        for chain in self.list():
+        for chain in self.ids():
             try:
                 if read_text(os.path.join(self.layout.layer_dir(chain), "cache-id")).strip() == cache_id:
                     return True

@@ -70,7 +70,9 @@ class StoreLock:
         self.acquire()
         return self
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()
 
     def acquire(self) -> None:
@@ -92,7 +94,9 @@ class StoreLock:
                 os.close(fd)
                 raise StoreBusy(f"another dockyard process is writing to {self.layout.root}") from None
             if sys.stderr.isatty():
-                print("Waiting for another dockyard process to finish with this data-root...", file=sys.stderr)
+                print(
+                    "Waiting for another dockyard process to finish with this data-root...", file=sys.stderr
+                )
             fcntl.flock(fd, fcntl.LOCK_EX)
         self._fd = fd
         # Keep dockerd from starting on the data-root while we change it.
@@ -106,7 +110,9 @@ class StoreLock:
                 except OSError:
                     os.close(dfd)
                     self.release_fd()
-                    raise StoreBusy(f"refusing to write to {self.layout.root}: a running dockerd holds {db}") from None
+                    raise StoreBusy(
+                        f"refusing to write to {self.layout.root}: a running dockerd holds {db}"
+                    ) from None
             except OSError:
                 pass
         self.depth = 1

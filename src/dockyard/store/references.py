@@ -7,7 +7,6 @@ sorted, no trailing newline, 0600, rewritten whole and atomically on every chang
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from dockyard.errors import InvalidInput, StoreCorrupt
@@ -36,7 +35,9 @@ class ReferenceStore:
         repos = obj.get("Repositories") if isinstance(obj, dict) else None
         if not isinstance(repos, dict):
             return {}
-        return {str(k): {str(a): str(b) for a, b in v.items()} for k, v in repos.items() if isinstance(v, dict)}
+        return {
+            str(k): {str(a): str(b) for a, b in v.items()} for k, v in repos.items() if isinstance(v, dict)
+        }
 
     def save(self, repos: dict[str, dict[str, str]]) -> None:
         makedirs(self.layout.image_root, 0o700)
@@ -61,7 +62,14 @@ class ReferenceStore:
         repos = self.load()
         return repos.get(ref.familiar_name, {}).get(ref.store_key())
 
-    def add(self, ref: Reference, image_id: str, *, force: bool = True, repos: dict[str, dict[str, str]] | None = None) -> str | None:
+    def add(
+        self,
+        ref: Reference,
+        image_id: str,
+        *,
+        force: bool = True,
+        repos: dict[str, dict[str, str]] | None = None,
+    ) -> str | None:
         """Point ``ref`` at ``image_id``; returns the image it pointed to before (if other)."""
         if ref.familiar_name == "sha256":
             raise InvalidInput("refusing to create an ambiguous tag using digest algorithm as name")
