@@ -174,15 +174,17 @@ def load_images(
                     parent_cache = pp.existing.cache_id if pp.existing else pp.pending.cache_id  # type: ignore[union-attr]
                 p.pending = store.layers.begin(parent_cache)
 
-            jobs = [
-                ExtractJob(
-                    p.blob,
-                    store.driver.diff_path(p.pending.cache_id),
-                    p.pending.tar_split_path,  # type: ignore[union-attr]
-                    p.blob.description or p.chain_id,
+            jobs = []
+            for p in todo:
+                assert p.pending is not None
+                jobs.append(
+                    ExtractJob(
+                        p.blob,
+                        store.driver.diff_path(p.pending.cache_id),
+                        p.pending.tar_split_path,
+                        p.blob.description or p.chain_id,
+                    )
                 )
-                for p in todo
-            ]
             # Biggest first, so the longest layer does not start last.
             order_idx = sorted(range(len(jobs)), key=lambda i: -(todo[i].blob.size or 0))
             sorted_jobs = [jobs[i] for i in order_idx]

@@ -1,0 +1,306 @@
+"""Shared fixtures and helpers for dockyard's acceptance tests.
+
+Every test drives the real CLI in a subprocess (`python -m dockyard --data-root ROOT ...`) and checks the
+data-root it leaves behind against the oracle JSON recorded from a real dockerd 20.10
+(``shared/fixtures/oracle``) and against the on-disk fact sheet (``shared/docs/docker-on-disk.md``).
+
+Helpers that tests import directly (``from conftest import ...``): FIXTURES, run_dy, load_oracle,
+require_peer, store_snapshot, diff_snapshots, assert_no_overlay_mounts, assert_clean_error, read_text,
+chain_ids, layer_dirs, overlay_dirs, umount_below.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+FIXTURES = Path(os.environ.get("DOCKYARD_FIXTURES") or (Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+ORACLE_DIR = FIXTURES / "oracle"
+PEERS = ("docker", "dockerd", "skopeo", "umoci", "tar-split", "runc", "docker-registry")
+DEFAULT_TIMEOUT = 300
+
+# where the repo's package lives (so the CLI runs from this checkout even without `pip install -e`)
+_SRC = REPO / "src"
+
+
+# ------------------------------------------------------------------------------------------- session hooks
+def pytest_collection_modifyitems(config, items):
+    """Run tests marked `slow` (the gzip bomb) after everything else."""
+    fast = [i for i in items if i.get_closest_marker("slow") is None]
+    slow = [i for i in items if i.get_closest_marker("slow") is not None]
+    items[:] = fast + slow
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fixtures_present():
+    """Skip the whole suite cleanly when the shared fixtures are not there."""
+    if not (FIXTURES.is_dir() and ORACLE_DIR.is_dir()):
+        pytest.skip("fixtures not found at %s (set DOCKYARD_FIXTURES)" % FIXTURES)
+    if os.geteuid() != 0:
+        pytest.skip("the acceptance tests need root (device nodes, trusted.* xattrs, chown)")
+
+
+# ------------------------------------------------------------------------------------------- running the CLI
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("DOCKYARD_DATA_ROOT", None)
+    env["TZ"] = "UTC"  # docker's CLI prints local times; the oracle was recorded in UTC
+    env["PYTHONPATH"] = str(_SRC) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("LC_ALL", "C.UTF-8")
+    env["COLUMNS"] = "1000"
+    return env
+
+
+def dy_cmd(*args: Any, root: os.PathLike | str) -> list[str]:
+    return [sys.executable, "-m", "dockyard", "--data-root", str(root), *[str(a) for a in args]]
+
+
+def run_dy(*args: Any, root: os.PathLike | str, input: bytes | str | None = None, stdin=None,
+           check: bool = True, timeout: float = DEFAULT_TIMEOUT) -> subprocess.CompletedProcess:
+    """Run the dockyard CLI; return a CompletedProcess with *text* stdout/stderr.
+
+    `input` may be bytes (e.g. a tar on stdin) or str; `stdin` may be an open file.  With check=True a non-zero
+    exit fails the test and shows both streams.
+    """
+    cmd = dy_cmd(*args, root=root)
+    data = input.encode() if isinstance(input, str) else input
+    try:
+        p = subprocess.run(cmd, input=data, stdin=None if data is not None else (stdin if stdin is not None
+                           else subprocess.DEVNULL), capture_output=True, timeout=timeout, env=_env(), cwd="/")
+    except subprocess.TimeoutExpired as e:
+        pytest.fail("dockyard %s timed out after %ss\nstdout:\n%s\nstderr:\n%s" % (
+            " ".join(map(str, args)), timeout, _dec(e.stdout), _dec(e.stderr)))
+    res = subprocess.CompletedProcess(cmd, p.returncode, _dec(p.stdout), _dec(p.stderr))
+    if check and res.returncode != 0:
+        pytest.fail("dockyard %s exited %d\n--- stdout:\n%s\n--- stderr:\n%s" % (
+            " ".join(map(str, args)), res.returncode, res.stdout[-4000:], res.stderr[-4000:]), pytrace=False)
+    return res
+
+
+def _dec(b: bytes | str | None) -> str:
+    if b is None:
+        return ""
+    if isinstance(b, str):
+        return b
+    return b.decode("utf-8", "replace")
+
+
+def assert_clean_error(p: subprocess.CompletedProcess, what: str = "") -> str:
+    """A failed command: non-zero exit, exactly one non-empty stderr line starting with 'Error: ', no traceback.
+    Returns that line."""
+    ctx = " (%s)" % what if what else ""
+    assert p.returncode != 0, "expected a failure%s, got rc 0\nstdout:\n%s\nstderr:\n%s" % (ctx, p.stdout, p.stderr)
+    assert "Traceback (most recent call last)" not in p.stderr + p.stdout, "Python traceback%s:\n%s" % (ctx, p.stderr)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, "stderr must hold exactly one non-empty line%s, got %d:\n%s" % (ctx, len(lines), p.stderr)
+    assert lines[0].startswith("Error: "), "stderr line must start with 'Error: '%s: %r" % (ctx, lines[0])
+    assert len(lines[0]) > len("Error: ") + 3, "empty error message%s: %r" % (ctx, lines[0])
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------------- fixtures
+def umount_below(root: os.PathLike | str) -> list[str]:
+    """Lazily unmount every mount point at or below root (deepest first); returns what was unmounted."""
+    mps = mounts_below(root)
+    for mp in sorted(mps, key=len, reverse=True):
+        subprocess.run(["umount", "-l", mp], capture_output=True)
+    return mps
+
+
+def mounts_below(root: os.PathLike | str) -> list[str]:
+    r = os.path.realpath(str(root)).rstrip("/")
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4].encode().decode("unicode_escape")  # octal escapes like \040
+            if mp == r or mp.startswith(r + "/"):
+                out.append(mp)
+    return out
+
+
+def assert_no_overlay_mounts(root: os.PathLike | str) -> None:
+    left = mounts_below(root)
+    assert not left, "mounts left behind below %s: %s" % (root, left)
+
+
+@pytest.fixture
+def data_root(tmp_path):
+    """A fresh, empty data-root for one test (mounts below it are lazily unmounted at teardown)."""
+    root = tmp_path / "dataroot"
+    root.mkdir()
+    yield root
+    umount_below(root)
+
+
+@pytest.fixture
+def dy(data_root):
+    """dy(*args, root=None, input=None, check=True, timeout=...) -> CompletedProcess (text)."""
+    def _dy(*args, root=None, input=None, stdin=None, check=True, timeout=DEFAULT_TIMEOUT):
+        return run_dy(*args, root=root if root is not None else data_root, input=input, stdin=stdin,
+                      check=check, timeout=timeout)
+    return _dy
+
+
+@functools.lru_cache(maxsize=None)
+def _load_oracle_text(name: str) -> str:
+    p = ORACLE_DIR / (name if name.endswith(".json") else name + ".json")
+    return p.read_text(encoding="utf-8")
+
+
+def load_oracle(name: str) -> dict:
+    """oracle/<name>.json (name = fixture file name, with or without .json); a fresh copy each call."""
+    return json.loads(_load_oracle_text(name))
+
+
+@pytest.fixture(scope="session")
+def oracle():
+    return load_oracle
+
+
+def require_peer(name: str) -> str:
+    """Path of a peer binary; skip when missing (fail instead with DOCKYARD_REQUIRE_PEERS=1)."""
+    assert name in PEERS, "unknown peer %r" % name
+    path = shutil.which(name)
+    if path is None:
+        for d in ("/usr/sbin", "/sbin", "/usr/local/sbin"):
+            cand = os.path.join(d, name)
+            if os.access(cand, os.X_OK):
+                path = cand
+                break
+    if path is None:
+        msg = "peer %r is not installed" % name
+        if os.environ.get("DOCKYARD_REQUIRE_PEERS") == "1":
+            pytest.fail(msg + " (DOCKYARD_REQUIRE_PEERS=1)", pytrace=False)
+        pytest.skip(msg)
+    return path
+
+
+# ------------------------------------------------------------------------------------------- store helpers
+def read_text(p: os.PathLike | str) -> str | None:
+    try:
+        with open(p, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    out: list[str] = []
+    for i, d in enumerate(diff_ids):
+        out.append(d if i == 0 else "sha256:" + hashlib.sha256((out[-1] + " " + d).encode()).hexdigest())
+    return out
+
+
+def img_root(root: os.PathLike | str) -> Path:
+    return Path(root) / "image" / "overlay2"
+
+
+def layer_dirs(root: os.PathLike | str) -> list[str]:
+    """Names in layerdb/sha256 (all of them, valid or not)."""
+    d = img_root(root) / "layerdb" / "sha256"
+    return sorted(os.listdir(d)) if d.is_dir() else []
+
+
+def overlay_dirs(root: os.PathLike | str) -> list[str]:
+    d = Path(root) / "overlay2"
+    return sorted(n for n in os.listdir(d) if n != "l") if d.is_dir() else []
+
+
+def l_links(root: os.PathLike | str) -> list[str]:
+    d = Path(root) / "overlay2" / "l"
+    return sorted(os.listdir(d)) if d.is_dir() else []
+
+
+def image_ids(root: os.PathLike | str) -> list[str]:
+    d = img_root(root) / "imagedb" / "content" / "sha256"
+    return sorted("sha256:" + n for n in os.listdir(d)) if d.is_dir() else []
+
+
+def repositories(root: os.PathLike | str) -> dict:
+    t = read_text(img_root(root) / "repositories.json")
+    return json.loads(t) if t is not None else {"Repositories": {}}
+
+
+def _sha256_file(p: str) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def _xattrs(p: str) -> tuple:
+    try:
+        names = os.listxattr(p, follow_symlinks=False)
+    except OSError:
+        return ()
+    out = []
+    for n in sorted(names):
+        try:
+            out.append((n, os.getxattr(p, n, follow_symlinks=False).hex()))
+        except OSError:
+            out.append((n, None))
+    return tuple(out)
+
+
+def store_snapshot(root: os.PathLike | str) -> dict[str, tuple]:
+    """path (relative, '.' = root) -> (type, mode, uid, gid, size, sha256|linktarget|rdev, xattrs) for EVERYTHING
+    under root.  Directory sizes are not recorded (ext4 never shrinks a directory)."""
+    rootb = os.fsencode(str(root))
+    snap: dict[str, tuple] = {}
+    stack = [b""]
+    while stack:
+        rel = stack.pop()
+        full = os.path.join(rootb, rel) if rel else rootb
+        st = os.lstat(full)
+        m = st.st_mode
+        key = os.fsdecode(rel) if rel else "."
+        if stat.S_ISDIR(m):
+            rec = ("dir", stat.S_IMODE(m), st.st_uid, st.st_gid, None, None)
+            for n in os.listdir(full):
+                stack.append(os.path.join(rel, n) if rel else n)
+        elif stat.S_ISREG(m):
+            rec = ("file", stat.S_IMODE(m), st.st_uid, st.st_gid, st.st_size, _sha256_file(os.fsdecode(full)))
+        elif stat.S_ISLNK(m):
+            rec = ("symlink", stat.S_IMODE(m), st.st_uid, st.st_gid, st.st_size, os.fsdecode(os.readlink(full)))
+        elif stat.S_ISCHR(m) or stat.S_ISBLK(m):
+            rec = ("char" if stat.S_ISCHR(m) else "block", stat.S_IMODE(m), st.st_uid, st.st_gid, None,
+                   (os.major(st.st_rdev), os.minor(st.st_rdev)))
+        elif stat.S_ISFIFO(m):
+            rec = ("fifo", stat.S_IMODE(m), st.st_uid, st.st_gid, None, None)
+        else:
+            rec = ("socket", stat.S_IMODE(m), st.st_uid, st.st_gid, None, None)
+        snap[key] = (*rec, _xattrs(os.fsdecode(full)))
+    return snap
+
+
+def diff_snapshots(before: dict, after: dict, limit: int = 40) -> list[str]:
+    """Readable list of differences between two store snapshots (empty = identical)."""
+    out = []
+    for p in sorted(set(before) | set(after)):
+        if p not in after:
+            out.append("removed: %s %s" % (p, before[p][:2]))
+        elif p not in before:
+            out.append("added:   %s %s" % (p, after[p][:2]))
+        elif before[p] != after[p]:
+            out.append("changed: %s %s -> %s" % (p, before[p], after[p]))
+        if len(out) >= limit:
+            out.append("...")
+            break
+    return out
+
+
+def layerdb_tmp_leftovers(root: os.PathLike | str) -> list[str]:
+    d = img_root(root) / "layerdb" / "tmp"
+    return sorted(os.listdir(d)) if d.is_dir() else []
