@@ -524,7 +524,10 @@ class Dockerd:
             return ""
 
     def log_tail(self, n: int = 4000) -> str:
-        return self._tail(self.log_path, n)
+        """The end of dockerd's log, without the gRPC connection chatter."""
+        text = self._tail(self.log_path, 50 * n)
+        lines = [ln for ln in text.splitlines() if "module=grpc" not in ln]
+        return "\n".join(lines)[-n:]
 
 
 # --------------------------------------------------------------------------------------------- registry
@@ -627,3 +630,149 @@ def layer_digests_in_save(path: str | os.PathLike[str]) -> dict[str, str]:
 def gunzip_file(path: str | os.PathLike[str]) -> bytes:
     with gzip.open(path, "rb") as f:
         return f.read()
+
+
+# --------------------------------------------------------------------------------------------- listings / saves
+def loaded_refs(output: str | bytes) -> list[str]:
+    """Names/IDs from `Loaded image: X` / `Loaded image ID: X` lines (docker load and dockyard load)."""
+    if isinstance(output, bytes):
+        output = output.decode(errors="replace")
+    out = []
+    for line in output.splitlines():
+        line = line.strip()
+        for prefix in ("Loaded image ID: ", "Loaded image: "):
+            if line.startswith(prefix):
+                out.append(line[len(prefix):].strip())
+                break
+    return out
+
+
+TAR_TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.LNKTYPE: "hardlink",
+             tarfile.SYMTYPE: "symlink", tarfile.CHRTYPE: "char", tarfile.BLKTYPE: "block",
+             tarfile.DIRTYPE: "dir", tarfile.FIFOTYPE: "fifo", tarfile.CONTTYPE: "file"}
+
+#: paths created by Docker's per-container -init layer (+ their parents): not part of the image
+INIT_LAYER_PATHS = {".dockerenv", "dev/console", "dev/pts", "dev/shm", "etc/hostname", "etc/hosts",
+                    "etc/resolv.conf", "etc/mtab", "proc", "sys"}
+
+
+def tar_listing(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Listing of a tar in the oracle's `export_listing` format (path, type, mode, uid, gid, mtime, size+sha256,
+    target, link_target, rdev, xattrs)."""
+    entries = []
+    with open(path, "rb") as fobj, tarfile.open(fileobj=fobj, mode="r|", errors="surrogateescape") as tf:
+        for m in tf:
+            e: dict[str, Any] = {}
+            try:
+                m.name.encode("utf-8")
+                e["path"] = m.name
+            except UnicodeEncodeError:
+                b = m.name.encode("utf-8", "surrogateescape")
+                e["path"], e["path_hex"] = b.decode("utf-8", "backslashreplace"), b.hex()
+            e["type"] = TAR_TYPES.get(m.type, "typeflag-%r" % m.type)
+            e["mode"] = "%04o" % (m.mode & 0o7777)
+            e["uid"], e["gid"] = m.uid, m.gid
+            e["mtime"] = int(m.mtime) if float(m.mtime).is_integer() else m.mtime
+            if e["type"] == "file":
+                e["size"] = m.size
+                f = tf.extractfile(m)
+                assert f is not None
+                h = hashlib.sha256()
+                for chunk in iter(lambda: f.read(1 << 20), b""):  # noqa: B023
+                    h.update(chunk)
+                e["sha256"] = "sha256:" + h.hexdigest()
+            elif e["type"] == "symlink":
+                e["target"] = m.linkname
+            elif e["type"] == "hardlink":
+                e["link_target"] = m.linkname
+            elif e["type"] in ("char", "block"):
+                e["rdev"] = [m.devmajor, m.devminor]
+            xa = {k[len("SCHILY.xattr."):]: v for k, v in m.pax_headers.items() if k.startswith("SCHILY.xattr.")}
+            if xa:
+                e["xattrs"] = {k: {"hex": v.encode("utf-8", "surrogateescape").hex()} for k, v in sorted(xa.items())}
+            entries.append(e)
+    return entries
+
+
+_EXPORT_KEYS = ("type", "mode", "uid", "gid", "size", "sha256", "target", "link_target", "rdev", "path_hex")
+
+
+def compare_export(actual: list[dict[str, Any]], expected: list[dict[str, Any]]) -> list[str]:
+    """Differences between a `docker export` listing and the oracle's export_listing (init-layer entries and
+    volatile mtimes are ignored; xattrs compared by hex value)."""
+
+    def key(e: dict[str, Any]) -> str:
+        return e["path"].rstrip("/")
+
+    def relevant(e: dict[str, Any]) -> bool:
+        return not e.get("init_layer") and key(e) not in INIT_LAYER_PATHS
+
+    exp = {key(e): e for e in expected if relevant(e)}
+    act = {key(e): e for e in actual if relevant(e)}
+    diffs = []
+    for p in sorted(set(exp) - set(act)):
+        diffs.append("missing in export: %r" % p)
+    for p in sorted(set(act) - set(exp)):
+        diffs.append("unexpected in export: %r (%s)" % (p, act[p]["type"]))
+    for p in sorted(set(exp) & set(act)):
+        e, a = exp[p], act[p]
+        for k in _EXPORT_KEYS:
+            if e.get(k) != a.get(k):
+                diffs.append("%r: %s expected %r, got %r" % (p, k, e.get(k), a.get(k)))
+        if "mtime" not in e.get("volatile", []) and e.get("mtime") != a.get("mtime"):
+            diffs.append("%r: mtime expected %r, got %r" % (p, e.get("mtime"), a.get("mtime")))
+        ex = {k: v["hex"] for k, v in (e.get("xattrs") or {}).items()}
+        ax = {k: v["hex"] for k, v in (a.get("xattrs") or {}).items()}
+        if ex != ax:
+            diffs.append("%r: xattrs expected %r, got %r" % (p, ex, ax))
+    return diffs
+
+
+class SaveTar:
+    """A docker-save tarball opened for checks: members, symlink resolution, layer hashes."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = str(path)
+        self.members: dict[str, tarfile.TarInfo] = {}
+        self.order: list[str] = []
+        self.data: dict[str, bytes] = {}  # small non-layer files
+        self.sha: dict[str, str] = {}  # every regular file
+        with tarfile.open(self.path, "r:*") as t:
+            for m in t:
+                name = m.name.rstrip("/")
+                if name.startswith("./"):
+                    name = name[2:]
+                self.members[name] = m
+                self.order.append(name)
+                if m.isfile():
+                    f = t.extractfile(m)
+                    assert f is not None
+                    h = hashlib.sha256()
+                    keep = m.size <= 1 << 20 and not name.endswith(".tar")
+                    buf = []
+                    for chunk in iter(lambda: f.read(1 << 20), b""):  # noqa: B023
+                        h.update(chunk)
+                        if keep:
+                            buf.append(chunk)
+                    self.sha[name] = "sha256:" + h.hexdigest()
+                    if keep:
+                        self.data[name] = b"".join(buf)
+
+    def json(self, name: str) -> Any:
+        return json.loads(self.data[name])
+
+    def resolve(self, name: str) -> str:
+        """Follow (relative) symlinks inside the archive to a regular member."""
+        seen = set()
+        while name in self.members and self.members[name].issym():
+            if name in seen:
+                raise AssertionError("symlink loop at %s" % name)
+            seen.add(name)
+            name = os.path.normpath(os.path.join(os.path.dirname(name), self.members[name].linkname))
+        return name
+
+    def kinds(self) -> dict[str, str]:
+        out = {}
+        for n, m in self.members.items():
+            out[n] = "dir" if m.isdir() else "symlink" if m.issym() else "file" if m.isfile() else "other"
+        return out

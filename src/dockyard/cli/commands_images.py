@@ -122,8 +122,7 @@ def images(
                     "VirtualSize": human_size(s.size),
                 }
             )
-            if image_id not in seen_ids:
-                seen_ids.append(image_id)
+            seen_ids.append(image_id)  # docker prints one ID per row, repeats included
     if quiet:
         for i in seen_ids:
             click.echo(i)

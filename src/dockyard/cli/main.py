@@ -66,7 +66,7 @@ def cli(ctx: click.Context, data_root: str | None, debug: bool) -> None:
 
 
 def main() -> None:
-    from dockyard.cli import commands_demo, commands_images  # noqa: F401  (registers commands)
+    from dockyard.cli import commands_demo, commands_images, commands_system  # noqa: F401  (registers commands)
 
     debug = "--debug" in sys.argv
     try:

@@ -14,6 +14,7 @@ import os
 from dockyard.archive.fsutil import remove_tree
 from dockyard.digest import random_link
 from dockyard.store.atomic import makedirs, write_plain
+from dockyard.faults import boundary
 from dockyard.store.layout import Layout
 
 MAX_LOWERS = 128
@@ -81,6 +82,7 @@ class Overlay2Driver:
                 continue
         else:  # pragma: no cover - 2^130 space
             raise DriverError("could not allocate a unique overlay2 short link")
+        boundary("driver:link")
         write_plain(os.path.join(d, "link"), link.encode(), 0o644)
         if parent is None:
             return
@@ -102,6 +104,7 @@ class Overlay2Driver:
                 os.unlink(self.layout.link_path(link))
             except FileNotFoundError:
                 pass
+            boundary("driver:link-removed")
         merged = os.path.join(d, "merged")
         if os.path.ismount(merged):
             self._unmount(merged)

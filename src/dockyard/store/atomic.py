@@ -14,6 +14,7 @@ import os
 import secrets
 
 from dockyard.errors import NoSpace
+from dockyard.faults import boundary
 
 
 def fsync_dir(path: str) -> None:
@@ -48,6 +49,7 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, *, sync_dir: bool = 
             os.fchmod(fd, mode)
         finally:
             os.close(fd)
+        boundary(f"atomic_write:staged:{base}")
         os.rename(tmp, path)
     except OSError as e:
         try:
@@ -57,10 +59,12 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, *, sync_dir: bool = 
         raise _nospace(e, path) from None
     if sync_dir:
         fsync_dir(d)
+    boundary(f"atomic_write:published:{base}")
 
 
 def write_synced(path: str, data: bytes, mode: int = 0o644) -> None:
     """Create ``path`` (which must not exist) with ``data``, fsync'd."""
+    boundary(f"write_synced:{os.path.basename(path)}")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:

@@ -8,6 +8,7 @@ import os
 from dockyard.archive.fsutil import remove_tree
 from dockyard.digest import hex_of, is_digest, is_hex64
 from dockyard.errors import NotFound, StoreCorrupt
+from dockyard.faults import boundary
 from dockyard.image.config import ImageConfig
 from dockyard.store.atomic import atomic_write, makedirs, read_text
 from dockyard.store.layout import Layout
@@ -105,6 +106,7 @@ class ImageStore:
         md = self.layout.image_metadata_dir(image_id)
         if os.path.isdir(md):
             remove_tree(md)
+        boundary("image:metadata-removed")
         try:
             os.unlink(self.layout.image_config(image_id))
         except FileNotFoundError:

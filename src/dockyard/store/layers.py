@@ -22,6 +22,7 @@ from dockyard.archive.fsutil import remove_tree
 from dockyard.digest import hex_of, is_digest, is_hex64, random_id, random_suffix_id
 from dockyard.drivers.overlay2 import Overlay2Driver
 from dockyard.errors import NotFound, StoreCorrupt
+from dockyard.faults import boundary
 from dockyard.store.atomic import fsync_dir, makedirs, read_text, write_synced
 from dockyard.store.layout import Layout
 
@@ -114,6 +115,7 @@ class LayerStore:
     def begin(self, parent_cache_id: str | None) -> PendingLayer:
         self.ensure_dirs()
         staging = tempfile.mkdtemp(prefix="write-set-", dir=self.layout.layerdb_tmp)
+        boundary("layer:staging-dir")
         cache_id = random_id()
         write_synced(os.path.join(staging, "cache-id"), cache_id.encode(), 0o644)
         pending = PendingLayer(staging, cache_id, parent_cache_id)
@@ -122,6 +124,7 @@ class LayerStore:
         except BaseException:
             self.discard(pending)
             raise
+        boundary("layer:driver-dir")
         return pending
 
     def publish(self, pending: PendingLayer, diff_id: str, size: int, parent_chain: str | None) -> Layer:
@@ -138,8 +141,10 @@ class LayerStore:
         if parent_chain is not None:
             write_synced(os.path.join(s, "parent"), parent_chain.encode(), 0o644)
         fsync_dir(s)
+        boundary("layer:before-publish")
         os.rename(s, self.layout.layer_dir(chain))
         fsync_dir(self.layout.layerdb_sha256)
+        boundary("layer:published")
         return Layer(chain, diff_id, parent_chain, size, pending.cache_id)
 
     def discard(self, pending: PendingLayer) -> None:
@@ -153,7 +158,9 @@ class LayerStore:
         removing = f"{d}-{random_suffix_id()}-removing"
         os.rename(d, removing)
         fsync_dir(self.layout.layerdb_sha256)
+        boundary("layer:renamed-removing")
         self.driver.remove(layer.cache_id)
+        boundary("layer:driver-removed")
         remove_tree(removing)
 
     def recover(self) -> list[str]:
