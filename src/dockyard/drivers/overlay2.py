@@ -13,8 +13,8 @@ import os
 
 from dockyard.archive.fsutil import remove_tree
 from dockyard.digest import random_link
-from dockyard.store.atomic import makedirs, write_plain
 from dockyard.faults import boundary
+from dockyard.store.atomic import makedirs, write_plain
 from dockyard.store.layout import Layout
 
 MAX_LOWERS = 128

@@ -101,8 +101,13 @@ def _rel(store: Store, path: str) -> str:
 
 
 class Checker:
-    def __init__(self, store: Store, *, deep: bool = False,
-                 progress: Callable[[str, int, int | None], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        deep: bool = False,
+        progress: Callable[[str, int, int | None], None] | None = None,
+    ) -> None:
         self.store = store
         self.deep = deep
         self.progress = progress
@@ -111,8 +116,16 @@ class Checker:
         self.bad_layers: dict[str, str] = {}  # chain id -> why it is unusable
         self.cache_ids: dict[str, str] = {}  # cache id -> owner description
 
-    def f(self, severity: str, code: str, path: str, message: str, repair: str | None = None,
-          action: Callable[[], None] | None = None, confirm: bool = False) -> Finding:
+    def f(
+        self,
+        severity: str,
+        code: str,
+        path: str,
+        message: str,
+        repair: str | None = None,
+        action: Callable[[], None] | None = None,
+        confirm: bool = False,
+    ) -> Finding:
         fd = Finding(severity, code, _rel(self.store, path), message, repair, action, confirm)
         self.report.add(fd)
         return fd
@@ -135,13 +148,25 @@ class Checker:
         lay = self.store.layout
         for name in _listdir(lay.layerdb_tmp):
             p = os.path.join(lay.layerdb_tmp, name)
-            self.f(WARNING, "staging-leftover", p, "leftover of an interrupted layer registration",
-                   "remove it and the overlay2 dir it names", lambda p=p: self.store.layers._drop_staged(p))
+            self.f(
+                WARNING,
+                "staging-leftover",
+                p,
+                "leftover of an interrupted layer registration",
+                "remove it and the overlay2 dir it names",
+                lambda p=p: self.store.layers._drop_staged(p),
+            )
         for name in _listdir(lay.layerdb_sha256):
             p = os.path.join(lay.layerdb_sha256, name)
             if name.endswith("-removing"):
-                self.f(WARNING, "removal-leftover", p, "leftover of an interrupted layer deletion",
-                       "finish the deletion", lambda p=p: self.store.layers._drop_staged(p))
+                self.f(
+                    WARNING,
+                    "removal-leftover",
+                    p,
+                    "leftover of an interrupted layer deletion",
+                    "finish the deletion",
+                    lambda p=p: self.store.layers._drop_staged(p),
+                )
                 continue
             if not is_hex64(name):
                 self.f(WARNING, "stray-entry", p, "not a layer (name is not a sha256 hex digest)")
@@ -152,8 +177,12 @@ class Checker:
             parent = info.get("parent")
             if parent and parent[7:] not in self.layers:
                 self._bad(f"sha256:{hexid}", f"its parent layer {parent} is missing")
-                self.f(ERROR, "parent-missing", os.path.join(lay.layerdb_sha256, hexid, "parent"),
-                       f"parent layer {parent} does not exist")
+                self.f(
+                    ERROR,
+                    "parent-missing",
+                    os.path.join(lay.layerdb_sha256, hexid, "parent"),
+                    f"parent layer {parent} does not exist",
+                )
         # propagate: a layer whose parent is unusable is unusable
         changed = True
         while changed:
@@ -183,17 +212,32 @@ class Checker:
             fp = os.path.join(p, fname)
             if data is None:
                 if fname in required:
-                    self.f(ERROR, "layer-file-missing", fp, f"{fname} is missing: dockerd skips this layer and every image on it")
+                    self.f(
+                        ERROR,
+                        "layer-file-missing",
+                        fp,
+                        f"{fname} is missing: dockerd skips this layer and every image on it",
+                    )
                     self._bad(chain, f"its {fname} file is missing")
                 elif fname == "tar-split.json.gz":
-                    self.f(ERROR, "tar-split-missing", fp,
-                           "tar-split data is missing: the layer cannot be saved or pushed (its files are still there)")
+                    self.f(
+                        ERROR,
+                        "tar-split-missing",
+                        fp,
+                        "tar-split data is missing: the layer cannot be saved or pushed (its files are still there)",
+                    )
                     self._bad(chain, "its tar-split data is missing")
                 continue
             if not data and fname == "size":
                 info["size_bad"] = True
-                self.f(ERROR, "layer-size-invalid", fp, "size is empty (truncated): dockerd would drop this layer",
-                       "recompute it from the layer's files", lambda h=hexid: self._repair_size(h))
+                self.f(
+                    ERROR,
+                    "layer-size-invalid",
+                    fp,
+                    "size is empty (truncated): dockerd would drop this layer",
+                    "recompute it from the layer's files",
+                    lambda h=hexid: self._repair_size(h),
+                )
                 continue
             if not data and fname != "parent":
                 self.f(ERROR, "layer-file-empty", fp, f"{fname} is empty (truncated)")
@@ -214,8 +258,14 @@ class Checker:
                         raise ValueError
                 except ValueError:
                     info["size_bad"] = True
-                    self.f(ERROR, "layer-size-invalid", fp, f"size is not a number ({text[:40]!r}): dockerd would drop this layer",
-                           "recompute it from the layer's files", lambda h=hexid: self._repair_size(h))
+                    self.f(
+                        ERROR,
+                        "layer-size-invalid",
+                        fp,
+                        f"size is not a number ({text[:40]!r}): dockerd would drop this layer",
+                        "recompute it from the layer's files",
+                        lambda h=hexid: self._repair_size(h),
+                    )
             elif fname == "cache-id":
                 cid = text.strip()
                 if not is_hex64(cid):
@@ -236,12 +286,22 @@ class Checker:
                         while g.read(1 << 20):
                             pass
                 except (OSError, EOFError) as e:
-                    self.f(ERROR, "tar-split-damaged", fp, f"tar-split data is damaged ({e}): the layer cannot be saved or pushed")
+                    self.f(
+                        ERROR,
+                        "tar-split-damaged",
+                        fp,
+                        f"tar-split data is damaged ({e}): the layer cannot be saved or pushed",
+                    )
                     self._bad(chain, "its tar-split data is damaged")
         if "diff" in info and ("parent" in info or _read(os.path.join(p, "parent")) is None):
             want = chain_id(info.get("parent"), info["diff"])
             if want != chain:
-                self.f(ERROR, "chain-id-mismatch", p, f"chainID does not recompute from parent + diff (got {want})")
+                self.f(
+                    ERROR,
+                    "chain-id-mismatch",
+                    p,
+                    f"chainID does not recompute from parent + diff (got {want})",
+                )
                 self._bad(chain, "its chainID does not match its parent and diff")
 
     def _repair_size(self, hexid: str) -> None:
@@ -266,34 +326,68 @@ class Checker:
             chain = f"sha256:{hexid}"
             d = drv.dir(cid)
             if not os.path.isdir(d):
-                self.f(ERROR, "driver-dir-missing", d, f"overlay2 dir of layer {chain} is missing: its files are gone")
+                self.f(
+                    ERROR,
+                    "driver-dir-missing",
+                    d,
+                    f"overlay2 dir of layer {chain} is missing: its files are gone",
+                )
                 self._bad(chain, "its overlay2 directory is missing")
                 continue
             if not os.path.isdir(os.path.join(d, "diff")):
-                self.f(ERROR, "driver-diff-missing", os.path.join(d, "diff"), f"diff/ of layer {chain} is missing: its files are gone")
+                self.f(
+                    ERROR,
+                    "driver-diff-missing",
+                    os.path.join(d, "diff"),
+                    f"diff/ of layer {chain} is missing: its files are gone",
+                )
                 self._bad(chain, "its diff directory is missing")
                 continue
             link = (_read(os.path.join(d, "link")) or b"").decode("utf-8", "replace").strip()
             if not _LINK_RE.match(link):
                 what = "missing" if _read(os.path.join(d, "link")) is None else f"invalid ({link[:40]!r})"
-                self.f(ERROR, "link-file-bad", os.path.join(d, "link"), f"link file is {what}: mounts of this layer and its children fail",
-                       "make a new short link (and rewrite the children's lower files)", lambda c=cid: self._repair_link(c))
+                self.f(
+                    ERROR,
+                    "link-file-bad",
+                    os.path.join(d, "link"),
+                    f"link file is {what}: mounts of this layer and its children fail",
+                    "make a new short link (and rewrite the children's lower files)",
+                    lambda c=cid: self._repair_link(c),
+                )
                 continue
             links_of[cid] = link
             lp = lay.link_path(link)
             try:
                 target = os.readlink(lp)
             except FileNotFoundError:
-                self.f(ERROR, "short-link-missing", lp, f"l/{link} of layer {chain} is missing: mounts fail",
-                       "recreate the symlink", lambda lp=lp, c=cid: _relink(lp, c))
+                self.f(
+                    ERROR,
+                    "short-link-missing",
+                    lp,
+                    f"l/{link} of layer {chain} is missing: mounts fail",
+                    "recreate the symlink",
+                    lambda lp=lp, c=cid: _relink(lp, c),
+                )
                 continue
             except OSError:
-                self.f(ERROR, "short-link-bad", lp, f"l/{link} is not a symlink", "replace it with the right symlink",
-                       lambda lp=lp, c=cid: _relink(lp, c))
+                self.f(
+                    ERROR,
+                    "short-link-bad",
+                    lp,
+                    f"l/{link} is not a symlink",
+                    "replace it with the right symlink",
+                    lambda lp=lp, c=cid: _relink(lp, c),
+                )
                 continue
             if target != f"../{cid}/diff":
-                self.f(ERROR, "short-link-wrong", lp, f"l/{link} points to {target!r}, not ../{cid}/diff",
-                       "point it back", lambda lp=lp, c=cid: _relink(lp, c))
+                self.f(
+                    ERROR,
+                    "short-link-wrong",
+                    lp,
+                    f"l/{link} points to {target!r}, not ../{cid}/diff",
+                    "point it back",
+                    lambda lp=lp, c=cid: _relink(lp, c),
+                )
         # lower files and work dirs, now that every link is known
         for hexid, info in self.layers.items():
             cid = info.get("cache_id")
@@ -301,28 +395,53 @@ class Checker:
             if not cid or not os.path.isdir(drv.dir(cid)):
                 continue
             d = drv.dir(cid)
+            lower_p = os.path.join(d, "lower")
+            work_p = os.path.join(d, "work")
             want = self._expected_lower(hexid)
             got = drv.lower_of(cid)
             if parent is None:
                 if got is not None:
-                    self.f(WARNING, "lower-unexpected", os.path.join(d, "lower"), "bottom layer has a lower file",
-                           "remove it", lambda p=os.path.join(d, "lower"): os.unlink(p))
+                    self.f(
+                        WARNING,
+                        "lower-unexpected",
+                        lower_p,
+                        "bottom layer has a lower file",
+                        "remove it",
+                        lambda p=lower_p: os.unlink(p),
+                    )
                 continue
             if want is None:
                 continue
             if got != want:
-                self.f(ERROR, "lower-wrong", os.path.join(d, "lower"),
-                       f"lower is {'missing' if got is None else repr(got)}, expected {want!r}: mounts fail",
-                       "rewrite it from the parent chain", lambda p=os.path.join(d, "lower"), w=want: write_plain(p, w.encode(), 0o644))
-            if not os.path.isdir(os.path.join(d, "work")):
-                self.f(WARNING, "work-missing", os.path.join(d, "work"), "work/ is missing", "create it",
-                       lambda p=os.path.join(d, "work"): _mkdir(p, 0o700))
+                self.f(
+                    ERROR,
+                    "lower-wrong",
+                    lower_p,
+                    f"lower is {'missing' if got is None else repr(got)}, expected {want!r}: mounts fail",
+                    "rewrite it from the parent chain",
+                    lambda p=lower_p, w=want: write_plain(p, w.encode(), 0o644),
+                )
+            if not os.path.isdir(work_p):
+                self.f(
+                    WARNING,
+                    "work-missing",
+                    work_p,
+                    "work/ is missing",
+                    "create it",
+                    lambda p=work_p: _mkdir(p, 0o700),
+                )
             pinfo = self.layers.get(parent[7:], {})
             pcid = pinfo.get("cache_id")
-            if pcid and os.path.isdir(drv.dir(pcid)) and not os.path.exists(os.path.join(drv.dir(pcid), "committed")):
-                self.f(WARNING, "committed-missing", os.path.join(drv.dir(pcid), "committed"),
-                       "parent layer lacks its committed marker (dockerd would mount it read-write)",
-                       "create it", lambda p=os.path.join(drv.dir(pcid), "committed"): write_plain(p, b"", 0o600))
+            committed = os.path.join(drv.dir(pcid), "committed") if pcid else ""
+            if pcid and os.path.isdir(drv.dir(pcid)) and not os.path.exists(committed):
+                self.f(
+                    WARNING,
+                    "committed-missing",
+                    committed,
+                    "parent layer lacks its committed marker (dockerd would mount it read-write)",
+                    "create it",
+                    lambda p=committed: write_plain(p, b"", 0o600),
+                )
         self._links_of = links_of
 
     def _expected_lower(self, hexid: str) -> str | None:
@@ -333,7 +452,11 @@ class Checker:
             info = self.layers.get(cur[7:])
             if not info or not info.get("cache_id"):
                 return None
-            link = (_read(os.path.join(self.store.driver.dir(info["cache_id"]), "link")) or b"").decode("utf-8", "replace").strip()
+            link = (
+                (_read(os.path.join(self.store.driver.dir(info["cache_id"]), "link")) or b"")
+                .decode("utf-8", "replace")
+                .strip()
+            )
             if not _LINK_RE.match(link):
                 return None
             parts.append("l/" + link)
@@ -368,33 +491,73 @@ class Checker:
             init_id = (_read(os.path.join(md, "init-id")) or b"").decode("utf-8", "replace").strip()
             parent = (_read(os.path.join(md, "parent")) or b"").decode("utf-8", "replace").strip()
             if not is_hex64(mount_id):
-                self.f(ERROR, "mount-id-invalid", os.path.join(md, "mount-id"), "mount-id is missing or invalid: dockerd cannot load this container")
+                self.f(
+                    ERROR,
+                    "mount-id-invalid",
+                    os.path.join(md, "mount-id"),
+                    "mount-id is missing or invalid: dockerd cannot load this container",
+                )
             else:
                 self.cache_ids[mount_id] = f"container {cid[:12]}"
                 if not os.path.isdir(self.store.driver.dir(mount_id)):
-                    self.f(ERROR, "rw-layer-missing", self.store.driver.dir(mount_id), f"read-write layer of container {cid[:12]} is missing")
+                    self.f(
+                        ERROR,
+                        "rw-layer-missing",
+                        self.store.driver.dir(mount_id),
+                        f"read-write layer of container {cid[:12]} is missing",
+                    )
             if init_id:
                 self.cache_ids[init_id] = f"container {cid[:12]} (init)"
                 if not os.path.isdir(self.store.driver.dir(init_id)):
-                    self.f(ERROR, "init-layer-missing", self.store.driver.dir(init_id), f"init layer of container {cid[:12]} is missing")
+                    self.f(
+                        ERROR,
+                        "init-layer-missing",
+                        self.store.driver.dir(init_id),
+                        f"init layer of container {cid[:12]} is missing",
+                    )
             if parent and (not is_digest(parent) or parent[7:] not in self.layers):
-                self.f(ERROR, "mount-parent-missing", os.path.join(md, "parent"), f"container {cid[:12]} sits on missing layer {parent}")
+                self.f(
+                    ERROR,
+                    "mount-parent-missing",
+                    os.path.join(md, "parent"),
+                    f"container {cid[:12]} sits on missing layer {parent}",
+                )
             if cid not in containers:
-                self.f(WARNING, "mount-without-container", md, f"layer mount of a container {cid[:12]} that no longer exists",
-                       "remove the mount record and its layers", lambda c=cid: self._drop_mount(c), confirm=True)
+                self.f(
+                    WARNING,
+                    "mount-without-container",
+                    md,
+                    f"layer mount of a container {cid[:12]} that no longer exists",
+                    "remove the mount record and its layers",
+                    lambda c=cid: self._drop_mount(c),
+                    confirm=True,
+                )
         for cid in sorted(containers):
             if cid not in mounts:
-                self.f(ERROR, "container-without-mount", lay.container_dir(cid),
-                       f"container {cid[:12]} has no layerdb/mounts entry: dockerd will not load it")
+                self.f(
+                    ERROR,
+                    "container-without-mount",
+                    lay.container_dir(cid),
+                    f"container {cid[:12]} has no layerdb/mounts entry: dockerd will not load it",
+                )
             cfg = _read(os.path.join(lay.container_dir(cid), "config.v2.json"))
             if cfg is None:
-                self.f(ERROR, "container-config-missing", lay.container_dir(cid), f"container {cid[:12]} has no config.v2.json")
+                self.f(
+                    ERROR,
+                    "container-config-missing",
+                    lay.container_dir(cid),
+                    f"container {cid[:12]} has no config.v2.json",
+                )
             else:
                 try:
                     json.loads(cfg)
                 except ValueError:
-                    self.f(ERROR, "container-config-invalid", os.path.join(lay.container_dir(cid), "config.v2.json"),
-                           f"config.v2.json of container {cid[:12]} is not valid JSON")
+                    self.f(
+                        ERROR,
+                        "container-config-invalid",
+                        os.path.join(lay.container_dir(cid), "config.v2.json"),
+                        f"config.v2.json of container {cid[:12]} is not valid JSON",
+                    )
 
     def _drop_mount(self, cid: str) -> None:
         md = self.store.layout.mount_dir(cid)
@@ -413,7 +576,14 @@ class Checker:
         for name in _listdir(lay.imagedb_content):
             p = os.path.join(lay.imagedb_content, name)
             if name.startswith(".tmp-"):
-                self.f(WARNING, "tmp-leftover", p, "leftover of an interrupted write", "remove it", lambda p=p: os.unlink(p))
+                self.f(
+                    WARNING,
+                    "tmp-leftover",
+                    p,
+                    "leftover of an interrupted write",
+                    "remove it",
+                    lambda p=p: os.unlink(p),
+                )
                 continue
             if not is_hex64(name):
                 self.f(WARNING, "stray-entry", p, "not an image config (name is not a sha256 hex digest)")
@@ -425,7 +595,12 @@ class Checker:
                 continue
             cfg = ImageConfig(raw)
             if cfg.id != image_id:
-                self.f(ERROR, "config-hash-mismatch", p, f"config does not hash to its ID (got {cfg.id}): the image is damaged")
+                self.f(
+                    ERROR,
+                    "config-hash-mismatch",
+                    p,
+                    f"config does not hash to its ID (got {cfg.id}): the image is damaged",
+                )
                 self.report.damaged_images[image_id] = ["its config file is damaged"]
                 self.image_tops[image_id] = None
                 continue
@@ -447,18 +622,37 @@ class Checker:
                 continue
             image_id = f"sha256:{name}"
             if image_id not in self.image_tops:
-                self.f(WARNING, "metadata-orphan", md, "metadata of an image that does not exist", "remove it",
-                       lambda md=md: _rmtree(md))
+                self.f(
+                    WARNING,
+                    "metadata-orphan",
+                    md,
+                    "metadata of an image that does not exist",
+                    "remove it",
+                    lambda md=md: _rmtree(md),
+                )
                 continue
             for fname in _listdir(md):
                 fp = os.path.join(md, fname)
                 if fname.startswith(".tmp-"):
-                    self.f(WARNING, "tmp-leftover", fp, "leftover of an interrupted write", "remove it", lambda fp=fp: os.unlink(fp))
+                    self.f(
+                        WARNING,
+                        "tmp-leftover",
+                        fp,
+                        "leftover of an interrupted write",
+                        "remove it",
+                        lambda fp=fp: os.unlink(fp),
+                    )
                 elif fname == "parent":
                     val = (_read(fp) or b"").decode("utf-8", "replace").strip()
                     if not is_digest(val) or val not in self.image_tops:
-                        self.f(WARNING, "parent-image-missing", fp, f"parent image {val[:80]!r} does not exist", "remove the parent link",
-                               lambda fp=fp: os.unlink(fp))
+                        self.f(
+                            WARNING,
+                            "parent-image-missing",
+                            fp,
+                            f"parent image {val[:80]!r} does not exist",
+                            "remove the parent link",
+                            lambda fp=fp: os.unlink(fp),
+                        )
 
     # ------------------------------------------------------------------ references
     def check_references(self) -> None:
@@ -466,22 +660,39 @@ class Checker:
         for name in _listdir(lay.image_root):
             if name.startswith(".tmp-"):
                 p = os.path.join(lay.image_root, name)
-                self.f(WARNING, "tmp-leftover", p, "leftover of an interrupted write", "remove it", lambda p=p: os.unlink(p))
+                self.f(
+                    WARNING,
+                    "tmp-leftover",
+                    p,
+                    "leftover of an interrupted write",
+                    "remove it",
+                    lambda p=p: os.unlink(p),
+                )
         raw = _read(lay.repositories_json)
         if raw is None:
             return
         try:
             obj = json.loads(raw) if raw.strip() else {"Repositories": {}}
         except ValueError as e:
-            self.f(ERROR, "repositories-invalid", lay.repositories_json,
-                   f"repositories.json is not valid JSON ({e}): dockerd fails to start",
-                   "rebuild it from the references that can be read (others are dropped)",
-                   lambda: self.store.refs.save({}))
+            self.f(
+                ERROR,
+                "repositories-invalid",
+                lay.repositories_json,
+                f"repositories.json is not valid JSON ({e}): dockerd fails to start",
+                "rebuild it from the references that can be read (others are dropped)",
+                lambda: self.store.refs.save({}),
+            )
             return
         repos = obj.get("Repositories") if isinstance(obj, dict) else None
         if not isinstance(repos, dict):
-            self.f(ERROR, "repositories-invalid", lay.repositories_json, "repositories.json has no Repositories map",
-                   "rewrite it empty", lambda: self.store.refs.save({}))
+            self.f(
+                ERROR,
+                "repositories-invalid",
+                lay.repositories_json,
+                "repositories.json has no Repositories map",
+                "rewrite it empty",
+                lambda: self.store.refs.save({}),
+            )
             return
         for repo, refs in repos.items():
             if not isinstance(refs, dict):
@@ -490,13 +701,24 @@ class Checker:
                 try:
                     parse_reference(key)
                 except InvalidReference:
-                    self.f(WARNING, "reference-invalid", lay.repositories_json, f"reference {key!r} is not valid",
-                           "remove it", lambda r=repo, k=key: _drop_ref(self.store, r, k))
+                    self.f(
+                        WARNING,
+                        "reference-invalid",
+                        lay.repositories_json,
+                        f"reference {key!r} is not valid",
+                        "remove it",
+                        lambda r=repo, k=key: _drop_ref(self.store, r, k),
+                    )
                     continue
                 if image_id not in self.image_tops:
-                    self.f(ERROR, "reference-dangling", lay.repositories_json,
-                           f"{key} points to image {image_id}, which does not exist", "remove the reference",
-                           lambda r=repo, k=key: _drop_ref(self.store, r, k))
+                    self.f(
+                        ERROR,
+                        "reference-dangling",
+                        lay.repositories_json,
+                        f"{key} points to image {image_id}, which does not exist",
+                        "remove the reference",
+                        lambda r=repo, k=key: _drop_ref(self.store, r, k),
+                    )
 
     # ------------------------------------------------------------------ orphans
     def check_orphans(self) -> None:
@@ -504,7 +726,9 @@ class Checker:
         drv = self.store.driver
         referenced: set[str] = set(self.cache_ids)
         # staging dirs name their driver dirs too
-        for name in _listdir(lay.layerdb_tmp) + [n for n in _listdir(lay.layerdb_sha256) if n.endswith("-removing")]:
+        for name in _listdir(lay.layerdb_tmp) + [
+            n for n in _listdir(lay.layerdb_sha256) if n.endswith("-removing")
+        ]:
             base = lay.layerdb_tmp if name.startswith("write-set-") else lay.layerdb_sha256
             c = (_read(os.path.join(base, name, "cache-id")) or b"").decode("utf-8", "replace").strip()
             if c:
@@ -518,26 +742,54 @@ class Checker:
                 ln = (_read(os.path.join(p, "link")) or b"").decode("utf-8", "replace").strip()
                 if ln:
                     all_links.add(ln)
-                if os.path.ismount(os.path.join(p, "merged")) and not self._mount_in_use(name):
-                    self.f(WARNING, "stale-mount", os.path.join(p, "merged"), "overlay mount left behind by a dead process",
-                           "unmount it", lambda p=os.path.join(p, "merged"): _unmount(p))
+                merged = os.path.join(p, "merged")
+                if os.path.ismount(merged) and not self._mount_in_use(name):
+                    self.f(
+                        WARNING,
+                        "stale-mount",
+                        merged,
+                        "overlay mount left behind by a dead process",
+                        "unmount it",
+                        lambda m=merged: _unmount(m),
+                    )
                 continue
-            self.f(WARNING, "orphan-driver-dir", p, "overlay2 dir that no layer or container uses",
-                   "delete it", lambda n=name: drv.remove(n), confirm=True)
+            self.f(
+                WARNING,
+                "orphan-driver-dir",
+                p,
+                "overlay2 dir that no layer or container uses",
+                "delete it",
+                lambda n=name: drv.remove(n),
+                confirm=True,
+            )
         for name in _listdir(lay.overlay2_links):
             lp = os.path.join(lay.overlay2_links, name)
             try:
                 target = os.readlink(lp)
             except OSError:
-                self.f(WARNING, "short-link-stray", lp, "not a symlink", "remove it", lambda lp=lp: os.unlink(lp))
+                self.f(
+                    WARNING, "short-link-stray", lp, "not a symlink", "remove it", lambda lp=lp: os.unlink(lp)
+                )
                 continue
             m = re.match(r"^\.\./([a-f0-9]{64}(?:-init)?)/diff$", target)
             if not m or not os.path.isdir(os.path.join(lay.overlay2, m.group(1))):
-                self.f(WARNING, "short-link-dangling", lp, f"short link points to a missing layer ({target})",
-                       "remove it", lambda lp=lp: os.unlink(lp))
+                self.f(
+                    WARNING,
+                    "short-link-dangling",
+                    lp,
+                    f"short link points to a missing layer ({target})",
+                    "remove it",
+                    lambda lp=lp: os.unlink(lp),
+                )
             elif name not in all_links and m.group(1) in referenced:
-                self.f(WARNING, "short-link-unused", lp, "short link that its layer no longer names", "remove it",
-                       lambda lp=lp: os.unlink(lp))
+                self.f(
+                    WARNING,
+                    "short-link-unused",
+                    lp,
+                    "short link that its layer no longer names",
+                    "remove it",
+                    lambda lp=lp: os.unlink(lp),
+                )
         # top layers that no image, child layer or container uses
         used: set[str] = set()
         for top in self.image_tops.values():
@@ -551,9 +803,15 @@ class Checker:
         for hexid in self.layers:
             chain = f"sha256:{hexid}"
             if chain not in used:
-                self.f(WARNING, "unused-layer", os.path.join(lay.layerdb_sha256, hexid),
-                       "layer that no image or container uses (left by an interrupted load or rmi)",
-                       "delete it (and its unused parents)", lambda c=chain: _release(self.store, c), confirm=False)
+                self.f(
+                    WARNING,
+                    "unused-layer",
+                    os.path.join(lay.layerdb_sha256, hexid),
+                    "layer that no image or container uses (left by an interrupted load or rmi)",
+                    "delete it (and its unused parents)",
+                    lambda c=chain: _release(self.store, c),
+                    confirm=False,
+                )
 
     def _mount_in_use(self, cache_id: str) -> bool:
         # A container mount is in use while its container runs (issue: containers); image layers
@@ -582,8 +840,12 @@ class Checker:
                 layer = Layer(chain, info["diff"], info.get("parent"), 0, info["cache_id"])
                 write_layer_tar(self.store, layer, lambda b: None)
             except DockyardError as e:
-                self.f(ERROR, "layer-content-corrupt", self.store.driver.diff_path(info["cache_id"]),
-                       f"layer {chain}: {str(e).split(': ', 1)[-1]}")
+                self.f(
+                    ERROR,
+                    "layer-content-corrupt",
+                    self.store.driver.diff_path(info["cache_id"]),
+                    f"layer {chain}: {str(e).split(': ', 1)[-1]}",
+                )
                 self._bad(chain, "its files do not match its diffID")
 
     # ------------------------------------------------------------------ damage summary
@@ -595,7 +857,9 @@ class Checker:
             while cur and seen < 200:
                 why = self.bad_layers.get(cur)
                 if why and not why.startswith("it sits on"):
-                    self.report.damaged_images.setdefault(image_id, []).append(f"layer {cur} is unusable: {why}")
+                    self.report.damaged_images.setdefault(image_id, []).append(
+                        f"layer {cur} is unusable: {why}"
+                    )
                 info = self.layers.get(cur[7:])
                 if info is None:
                     break
@@ -716,7 +980,9 @@ def diff_dir_size(path: str) -> int:
     return total
 
 
-def fsck(store: Store, *, deep: bool = False, progress: Callable[[str, int, int | None], None] | None = None) -> Report:
+def fsck(
+    store: Store, *, deep: bool = False, progress: Callable[[str, int, int | None], None] | None = None
+) -> Report:
     return Checker(store, deep=deep, progress=progress).run()
 
 
