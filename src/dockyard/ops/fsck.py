@@ -1,3 +1,5 @@
+# mypy: disable-error-code="misc"
+# (repair actions bind loop variables with lambda defaults, which mypy cannot type)
 """fsck: check a data-root (dockyard's or Docker's) and repair what can be rebuilt without loss.
 
 Each problem is a :class:`Finding`: a path, a one-line explanation, a severity, and -- when it can
