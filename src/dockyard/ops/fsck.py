@@ -487,6 +487,17 @@ class Checker:
         lay = self.store.layout
         mounts = set(_listdir(lay.layerdb_mounts))
         containers = {c for c in _listdir(lay.containers) if is_hex64(c)}
+        removing = {c[:64] for c in _listdir(lay.containers) if c.endswith("-removing") and is_hex64(c[:64])}
+        for cid in sorted(removing):
+            p = lay.container_dir(cid) + "-removing"
+            self.f(
+                WARNING,
+                "container-removal-leftover",
+                p,
+                f"leftover of an interrupted removal of container {cid[:12]}",
+                "finish the removal",
+                lambda c=cid: self._finish_container_removal(c),
+            )
         for cid in sorted(mounts):
             md = lay.mount_dir(cid)
             mount_id = (_read(os.path.join(md, "mount-id")) or b"").decode("utf-8", "replace").strip()
@@ -524,6 +535,8 @@ class Checker:
                     os.path.join(md, "parent"),
                     f"container {cid[:12]} sits on missing layer {parent}",
                 )
+            if cid in removing:
+                continue
             if cid not in containers:
                 self.f(
                     WARNING,
@@ -560,6 +573,12 @@ class Checker:
                         os.path.join(lay.container_dir(cid), "config.v2.json"),
                         f"config.v2.json of container {cid[:12]} is not valid JSON",
                     )
+
+    def _finish_container_removal(self, cid: str) -> None:
+        from dockyard.ops.housekeeping import release_container_layers
+
+        release_container_layers(self.store, cid)
+        _rmtree(self.store.layout.container_dir(cid) + "-removing")
 
     def _drop_mount(self, cid: str) -> None:
         md = self.store.layout.mount_dir(cid)
