@@ -10,7 +10,7 @@ from dockyard.digest import is_hex64
 from dockyard.errors import Conflict, DockyardError, NotFound
 from dockyard.faults import boundary
 from dockyard.ops.fsck import Checker, diff_dir_size
-from dockyard.ops.images import _Deleter, list_images, release_layers, references_by_image
+from dockyard.ops.images import _Deleter, list_images, references_by_image, release_layers
 from dockyard.store import Store
 from dockyard.store.atomic import read_text
 
