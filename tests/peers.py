@@ -776,3 +776,58 @@ class SaveTar:
         for n, m in self.members.items():
             out[n] = "dir" if m.isdir() else "symlink" if m.issym() else "file" if m.isfile() else "other"
         return out
+
+
+def tree_listing(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Listing of an extracted rootfs in the export_listing format; hard links show as what they link to."""
+    import stat as _stat
+
+    out = []
+    rootb = os.fsencode(root)
+    for dp, dn, fn in os.walk(rootb):
+        for n in sorted(dn) + sorted(fn):
+            full = os.path.join(dp, n)
+            relb = os.path.relpath(full, rootb)
+            st = os.lstat(full)
+            e: dict[str, Any] = {}
+            try:
+                e["path"] = relb.decode("utf-8")
+            except UnicodeDecodeError:
+                e["path"], e["path_hex"] = relb.decode("utf-8", "backslashreplace"), relb.hex()
+            e.update(mode="%04o" % _stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid, mtime=int(st.st_mtime))
+            m = st.st_mode
+            if _stat.S_ISREG(m):
+                e.update(type="file", size=st.st_size, sha256=sha256_file(full))
+            elif _stat.S_ISDIR(m):
+                e["type"] = "dir"
+            elif _stat.S_ISLNK(m):
+                e.update(type="symlink", target=os.readlink(full).decode("utf-8", "surrogateescape"))
+            elif _stat.S_ISCHR(m) or _stat.S_ISBLK(m):
+                e.update(type="char" if _stat.S_ISCHR(m) else "block", rdev=[os.major(st.st_rdev), os.minor(st.st_rdev)])
+            elif _stat.S_ISFIFO(m):
+                e["type"] = "fifo"
+            else:
+                e["type"] = "socket"
+            try:
+                names = os.listxattr(full, follow_symlinks=False)
+            except OSError:
+                names = []
+            if names:
+                e["xattrs"] = {k: {"hex": os.getxattr(full, k, follow_symlinks=False).hex()} for k in sorted(names)}
+            out.append(e)
+    return out
+
+
+def flatten_hardlinks(listing: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Turn tar hardlink entries into what they link to (as a directory walk sees them)."""
+    by_path = {e["path"].rstrip("/"): e for e in listing}
+    out = []
+    for e in listing:
+        e = dict(e)
+        if e["type"] == "hardlink":
+            t = by_path[e.pop("link_target").rstrip("/")]
+            for k in ("type", "sha256", "size", "target", "rdev"):
+                if k in t:
+                    e[k] = t[k]
+        out.append(e)
+    return out

@@ -9,17 +9,19 @@ parent waits for all of them before it returns or raises.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import pickle
 import select
 import signal
 import struct
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from dockyard.errors import DockyardError
+from dockyard.errors import DockyardError, NoSpace
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -68,8 +70,17 @@ def _child(fn: Callable[[J, ProgressFn], R], job: J, wfd: int) -> None:
     except DockyardError as e:
         _send(wfd, ("err", e))
         code = 1
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            _send(wfd, ("err", NoSpace(f"no space left on device ({e.filename or 'writing'})")))
+        else:
+            _send(
+                wfd,
+                ("err", DockyardError(f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}")),
+            )
+        code = 1
     except BaseException as e:  # report, never let a traceback escape a child
-        _send(wfd, ("crash", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+        _send(wfd, ("crash", (f"{type(e).__name__}: {e}", traceback.format_exc())))
         code = 2
     os._exit(code)
 
@@ -134,7 +145,10 @@ def run_jobs(
                         elif kind == "err":
                             failure = failure or payload
                         else:
-                            failure = failure or WorkerCrashed(f"internal error in a worker: {payload}")
+                            msg, tb = payload
+                            if os.environ.get("DOCKYARD_DEBUG"):
+                                sys.stderr.write(tb)
+                            failure = failure or WorkerCrashed(f"internal error in a worker: {msg}")
                     continue
                 os.close(rfd)
                 del running[rfd]

@@ -301,7 +301,7 @@ def explain(ctx: Context, name: str, fmt: str) -> None:
 
 
 @cli.command()
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1)
 @click.option("-o", "--output", metavar="FILE", help="Write to a file, instead of STDOUT.")
 @click.option(
     "--format",
@@ -312,16 +312,33 @@ def explain(ctx: Context, name: str, fmt: str) -> None:
     help="docker: docker-save tar (Docker 20.10 layout); oci: OCI image layout tar.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option(
+    "--all-intact",
+    is_flag=True,
+    help="Save every image whose layers verify (salvage a damaged data-root); damaged ones are skipped.",
+)
 @pass_ctx
-def save(ctx: Context, names: tuple[str, ...], output: str | None, fmt: str, quiet: bool) -> None:
+def save(
+    ctx: Context, names: tuple[str, ...], output: str | None, fmt: str, quiet: bool, all_intact: bool
+) -> None:
     """Save one or more images to a tar archive (streamed to STDOUT by default)."""
     from dockyard.cli.progress import LayerProgress
     from dockyard.ops.transfer import save as save_images
 
+    if not names and not all_intact:
+        raise click.UsageError("requires at least 1 image name (or --all-intact)")
     with LayerProgress(
         enabled=_progress_enabled(quiet) and output not in (None, "-"), verb="Saving layer"
     ) as prog:
-        save_images(ctx.store, list(names), output, fmt=fmt, progress=prog.update)
+        save_images(
+            ctx.store,
+            list(names),
+            output,
+            fmt=fmt,
+            progress=prog.update,
+            all_intact=all_intact,
+            warn=lambda m: click.echo(f"warning: {m}", err=True),
+        )
 
 
 @cli.command("import")

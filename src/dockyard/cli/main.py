@@ -62,6 +62,8 @@ class DockyardGroup(click.Group):
 def cli(ctx: click.Context, data_root: str | None, debug: bool) -> None:
     """dockyard: Docker's image and container store, without a daemon."""
     os.umask(0o022)  # as dockerd does, so modes come out as Docker's
+    if debug:
+        os.environ["DOCKYARD_DEBUG"] = "1"
     ctx.obj = Context(os.path.abspath(data_root or default_root()), debug)
 
 

@@ -14,6 +14,7 @@ moment leaves nothing dangling:
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,11 +23,11 @@ from isal import igzip
 
 from dockyard.archive import compression
 from dockyard.archive.apply import ApplyResult, apply_layer
-from dockyard.errors import DockyardError, InvalidInput, LayerError
+from dockyard.errors import DockyardError, InvalidInput, LayerError, NoSpace
 from dockyard.image.config import ImageConfig
 from dockyard.image.reference import Reference
 from dockyard.parallel import ProgressFn, run_jobs
-from dockyard.sources.base import LayerBlob, SourceImage
+from dockyard.sources.base import FileRangeOpener, LayerBlob, SourceImage
 from dockyard.store import Store
 from dockyard.store.atomic import fsync_dir, syncfs
 from dockyard.store.layers import Layer, PendingLayer
@@ -58,7 +59,8 @@ def extract_layer(job: ExtractJob, progress: ProgressFn) -> ExtractOutcome:
         except Exception as e:
             raise InvalidInput(f"{job.label}: cannot decompress: {e}") from None
         fd = os.open(job.tar_split_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        with os.fdopen(fd, "wb") as tsf:
+        tsf = os.fdopen(fd, "wb")
+        try:
             gz = igzip.GzipFile(fileobj=tsf, mode="wb", compresslevel=1, mtime=0)  # type: ignore[no-untyped-call]
 
             def read(n: int) -> bytes:
@@ -71,14 +73,29 @@ def extract_layer(job: ExtractJob, progress: ProgressFn) -> ExtractOutcome:
             except DockyardError as e:
                 _blame_blob(raw)
                 raise type(e)(f"{job.label}: {e}") from None
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise NoSpace(f"{job.label}: no space left on device") from None
+                _blame_blob(raw)
+                raise LayerError(f"{job.label}: {_describe_stream_error(e)}") from None
             except Exception as e:
                 # decompressor errors (bad gzip/zstd data, truncated stream): a wrong blob digest
                 # is the better explanation when there is one.
                 _blame_blob(raw)
                 raise LayerError(f"{job.label}: {_describe_stream_error(e)}") from None
-            gz.close()
-            tsf.flush()
-            os.fsync(tsf.fileno())
+            try:
+                gz.close()
+                tsf.flush()
+                os.fsync(tsf.fileno())
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise NoSpace(f"{job.label}: no space left on device writing tar-split data") from None
+                raise
+        finally:
+            try:
+                tsf.close()
+            except OSError:
+                pass  # the error that matters was raised above
         digest = raw.verify()
         progress(raw.count)
         return ExtractOutcome(result, digest, raw.count)
@@ -103,6 +120,80 @@ def _describe_stream_error(e: BaseException) -> str:
     if isinstance(e, EOFError):
         return f"unexpected end of compressed data ({msg})"
     return f"cannot read layer data: {msg}"
+
+
+def _count_tar_entries(opener: FileRangeOpener, limit: int = 2_000_000) -> int | None:
+    """Headers in an uncompressed tar read in place (seeking over contents); None if unsure."""
+    fd = os.open(opener.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        pos, end, n = opener.offset, opener.offset + opener.length, 0
+        while pos + 512 <= end and n < limit:
+            blk = os.pread(fd, 512, pos)
+            if len(blk) < 512 or blk == bytes(512):
+                break
+            size_field = blk[124:136]
+            if size_field[0] & 0x80:
+                return None
+            try:
+                size = int(size_field.strip(b" \x00") or b"0", 8)
+            except ValueError:
+                return None
+            if blk[156:157] in b"12345":
+                size = 0
+            pos += 512 + (size + 511) // 512 * 512
+            n += 1
+        return n
+    finally:
+        os.close(fd)
+
+
+def preflight(store: Store, blobs: list[LayerBlob]) -> None:
+    """Refuse, before writing anything, a load that clearly will not fit (space, inodes).
+
+    Uncompressed in-place layers count exactly (their size; their headers as inodes); compressed
+    ones count their compressed size, a lower bound.
+    """
+    need_bytes = 0
+    need_inodes = 0
+    for b in blobs:
+        op = b.opener
+        if isinstance(op, FileRangeOpener):
+            need_bytes += op.length
+            if compression_of_range(op) == compression.NONE:
+                n = _count_tar_entries(op)
+                need_inodes += n or 0
+        elif b.size:
+            need_bytes += b.size
+    if not need_bytes:
+        return
+    st = os.statvfs(store.root)
+    free = st.f_bavail * st.f_frsize
+    if need_bytes > free:
+        raise NoSpace(
+            f"not enough space on the device holding {store.root}: the layers need at least "
+            f"{_human(need_bytes)}, {_human(free)} is free"
+        )
+    if st.f_files and need_inodes > st.f_favail:
+        raise NoSpace(
+            f"not enough inodes on the device holding {store.root}: the layers have {need_inodes} entries, "
+            f"{st.f_favail} inodes are free"
+        )
+
+
+def compression_of_range(op: FileRangeOpener) -> str:
+    fd = os.open(op.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return compression.detect(os.pread(fd, 6, op.offset) if op.length >= 6 else b"")
+    finally:
+        os.close(fd)
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.3g}{unit}" if unit != "B" else f"{n}B"
+        n = n / 1000  # type: ignore[assignment]
+    return f"{n}B"
 
 
 @dataclass
@@ -166,6 +257,7 @@ def load_images(
                 parent_chain = chain
 
         todo = [p for p in order if p.existing is None]
+        preflight(store, [p.blob for p in todo])
         try:
             for p in todo:
                 parent_cache = None

@@ -24,6 +24,21 @@ from dockyard.store import Store
 from dockyard.store.atomic import fsync_dir, syncfs
 
 
+def intact_images(store: Store, warn: Callable[[str], None]) -> list[str]:
+    """Every image whose layers all rebuild to their diffIDs (the salvage set of a sick host)."""
+    from dockyard.ops.fsck import Checker
+
+    report = Checker(store, deep=True).run()
+    out = []
+    for image_id in store.images.ids():
+        if image_id in report.damaged_images:
+            why = "; ".join(dict.fromkeys(report.damaged_images[image_id]))
+            warn(f"skipping damaged image {image_id}: {why}")
+            continue
+        out.append(image_id)
+    return out
+
+
 def save(
     store: Store,
     names: list[str],
@@ -31,8 +46,20 @@ def save(
     *,
     fmt: str = "docker",
     progress: ProgressFn | None = None,
+    all_intact: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> None:
-    """``docker save``: to ``output`` (written to a temp file, then renamed) or to stdout."""
+    """``docker save``: to ``output`` (written to a temp file, then renamed) or to stdout.
+
+    ``all_intact`` adds every image whose layers verify (with its tags) and skips damaged ones.
+    """
+    if all_intact:
+        ids = intact_images(store, warn or (lambda m: None))
+        for i in ids:
+            tags = [r.familiar_string() for r in store.refs.references_to(i) if r.tag]
+            names = [*names, *(tags or [i])]
+        if not names:
+            raise InvalidInput("no intact image to save")
     images = select_images(store, names)
     writer = write_oci_archive if fmt == "oci" else write_docker_save
     if output is None or output == "-":
