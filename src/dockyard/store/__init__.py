@@ -55,6 +55,7 @@ class Store:
             if self._lock.depth == 1:
                 os.makedirs(self.layout.root, mode=0o711, exist_ok=True)
                 self.layers.recover()
+                self.refs.ensure()
             yield self
 
     def dockerd_owner(self) -> str | None:

@@ -7,6 +7,7 @@ sorted, no trailing newline, 0600, rewritten whole and atomically on every chang
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from dockyard.errors import InvalidInput, StoreCorrupt
@@ -38,6 +39,11 @@ class ReferenceStore:
         return {
             str(k): {str(a): str(b) for a, b in v.items()} for k, v in repos.items() if isinstance(v, dict)
         }
+
+    def ensure(self) -> None:
+        """dockerd writes an empty store on first start; so do we."""
+        if not os.path.exists(self.layout.repositories_json):
+            self.save({})
 
     def save(self, repos: dict[str, dict[str, str]]) -> None:
         makedirs(self.layout.image_root, 0o700)
