@@ -104,11 +104,23 @@ def extract_dataroot_fixture(dest: str | os.PathLike[str]) -> Path:
 
 # --------------------------------------------------------------------------------------------- small utils
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
+        return hash_stream(f)[0]
+
+
+def hash_stream(f: Any, keep: list[bytes] | None = None) -> tuple[str, int]:
+    """(sha256 digest string, length) of a binary stream; chunks are appended to `keep` when given."""
+    h = hashlib.sha256()
+    n = 0
+    while True:
+        chunk = f.read(1 << 20)
+        if not chunk:
+            break
+        h.update(chunk)
+        n += len(chunk)
+        if keep is not None:
+            keep.append(chunk)
+    return "sha256:" + h.hexdigest(), n
 
 
 def sha256_bytes(b: bytes) -> str:
@@ -123,8 +135,9 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
 
 
 def run(cmd: list[str], *, check: bool = True, timeout: float = 300, env: dict[str, str] | None = None,
-        input: bytes | None = None, cwd: str | None = None) -> subprocess.CompletedProcess[bytes]:
-    e = dict(os.environ)
+        input: bytes | None = None, cwd: str | None = None,
+        unset: tuple[str, ...] = ()) -> subprocess.CompletedProcess[bytes]:
+    e = {k: v for k, v in os.environ.items() if k not in unset}
     if env:
         e.update(env)
     p = subprocess.run(cmd, capture_output=True, timeout=timeout, env=e, input=input, cwd=cwd)
@@ -137,9 +150,12 @@ def run(cmd: list[str], *, check: bool = True, timeout: float = 300, env: dict[s
 
 def dockyard(root: str | os.PathLike[str], *args: str, check: bool = True, timeout: float = 300,
              input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    """Run the dockyard CLI (`python -m dockyard --data-root ROOT ...`)."""
-    return run([sys.executable, "-m", "dockyard", "--data-root", str(root), *args], check=check, timeout=timeout,
-               input=input)
+    """Run the dockyard CLI (`python -m dockyard --data-root ROOT ...`) from this checkout's src/."""
+    src = str(_REPO / "src")
+    env = {"PYTHONPATH": src + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
+           "TZ": "UTC"}
+    return run([sys.executable, "-m", "dockyard", "--data-root", str(root), *args], check=check,
+               timeout=timeout, input=input, env=env, unset=("DOCKYARD_DATA_ROOT",))
 
 
 def dockyard_json_lines(root: str | os.PathLike[str], *args: str) -> list[Any]:
@@ -326,6 +342,7 @@ class Dockerd:
         self.env: dict[str, str] = {}
         self.unmounted: list[str] = []
         self.start_seconds = 0.0
+        self.server_version = ""
 
     # ---------------------------------------------------------------- lifecycle
     def __enter__(self) -> Dockerd:
@@ -333,7 +350,7 @@ class Dockerd:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.cleanup()
 
     def start(self) -> None:
         need_root()
@@ -364,12 +381,9 @@ class Dockerd:
             self._start_own_containerd()
             args += ["--containerd", self.containerd_sock]
         t0 = time.monotonic()
-        log = open(self.log_path, "ab")
-        try:
+        with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
-        finally:
-            log.close()
         self.pid = self.proc.pid
         try:
             self._wait_ready()
@@ -391,12 +405,9 @@ class Dockerd:
                     '[grpc]\n  address = "%s"\n[ttrpc]\n  address = "%s.ttrpc"\n'
                     '[debug]\n  address = ""\n[metrics]\n  address = ""\n'
                     % (cdir, cdir, self.containerd_sock, self.containerd_sock))
-        log = open(os.path.join(cdir, "containerd.log"), "ab")
-        try:
+        with open(os.path.join(cdir, "containerd.log"), "ab") as log:
             self.ctd_proc = subprocess.Popen([ctd, "--config", toml], stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, start_new_session=True)
-        finally:
-            log.close()
         for _ in range(200):
             if os.path.exists(self.containerd_sock):
                 return
@@ -567,13 +578,10 @@ class Registry:
                 f.write("version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n"
                         "  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n"
                         % (storage, self.addr))
-            log = open(os.path.join(self.base, "registry.log"), "ab")
             env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-            try:
+            with open(os.path.join(self.base, "registry.log"), "ab") as log:
                 self.proc = subprocess.Popen([reg, "serve", cfg], stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, start_new_session=True, env=env)
-            finally:
-                log.close()
             for _ in range(150):
                 if self.proc.poll() is not None:
                     break
@@ -620,10 +628,7 @@ def layer_digests_in_save(path: str | os.PathLike[str]) -> dict[str, str]:
             if m.isfile() and (m.name.endswith("/layer.tar") or m.name.endswith(".tar")):
                 f = t.extractfile(m)
                 assert f is not None
-                h = hashlib.sha256()
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-                out[m.name] = "sha256:" + h.hexdigest()
+                out[m.name] = hash_stream(f)[0]
     return out
 
 
@@ -678,10 +683,7 @@ def tar_listing(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 e["size"] = m.size
                 f = tf.extractfile(m)
                 assert f is not None
-                h = hashlib.sha256()
-                for chunk in iter(lambda: f.read(1 << 20), b""):  # noqa: B023
-                    h.update(chunk)
-                e["sha256"] = "sha256:" + h.hexdigest()
+                e["sha256"] = hash_stream(f)[0]
             elif e["type"] == "symlink":
                 e["target"] = m.linkname
             elif e["type"] == "hardlink":
@@ -751,15 +753,10 @@ class SaveTar:
                 if m.isfile():
                     f = t.extractfile(m)
                     assert f is not None
-                    h = hashlib.sha256()
                     keep = m.size <= 1 << 20 and not name.endswith(".tar")
-                    buf = []
-                    for chunk in iter(lambda: f.read(1 << 20), b""):  # noqa: B023
-                        h.update(chunk)
-                        if keep:
-                            buf.append(chunk)
-                    self.sha[name] = "sha256:" + h.hexdigest()
-                    if keep:
+                    buf: list[bytes] | None = [] if keep else None
+                    self.sha[name] = hash_stream(f, buf)[0]
+                    if buf is not None:
                         self.data[name] = b"".join(buf)
 
     def json(self, name: str) -> Any:

@@ -8,6 +8,8 @@ extracted (docker-behaviour.json `extracted`).  ACCEPT cases must load and give 
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -90,6 +92,7 @@ SLOW = {"gzip-bomb.oci"}
 
 VICTIM_FILE = Path("/tmp/fx-victim-file")
 VICTIM_DIR = Path("/tmp/fx-victim-dir")
+HOST_LOCK = "/tmp/.dockyard-tests-host.lock"
 HOST_FILES = [Path("/etc/passwd"), Path("/etc/hostname"), Path("/etc/group")]
 
 
@@ -178,10 +181,27 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
+@contextlib.contextmanager
+def host_lock():
+    """The victims and canaries live in the shared /tmp: serialise every test session on this host that plants
+    or checks them (two concurrent pytest runs would otherwise see each other's victims vanish)."""
+    with open(HOST_LOCK, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _run_case(name: str, root: Path, timeout: float = 600) -> Outcome:
     run_dy("load", "-i", GOOD, root=root)
     good_ids = image_ids(root)
     good_repos = repositories(root)
+    with host_lock():
+        return _run_case_locked(name, root, timeout, good_ids, good_repos)
+
+
+def _run_case_locked(name: str, root: Path, timeout: float, good_ids: list[str], good_repos: dict) -> Outcome:
     plant_victims()
     canaries0 = canary_state()
     host0 = host_state()

@@ -20,7 +20,7 @@ import pytest
 
 import peers
 
-pytestmark = pytest.mark.peers
+pytestmark = [pytest.mark.peers, pytest.mark.timeout(600)]
 
 # docker-save fixtures loaded as they are
 SAVE_FIXTURES = ["fx-edge.docker.tar", "fx-tags.docker.tar", "fx-shared.docker.tar", "fx-untagged.docker.tar",
@@ -203,7 +203,7 @@ def test_docker_save_reassembles_layers(state: Any, fixture: str, tmp_path: Path
         assert item["Config"] == image_id[7:] + ".json"
         diff_ids = json.loads(cfg)["rootfs"]["diff_ids"]
         assert len(item["Layers"]) == len(diff_ids)
-        for layer, diff_id in zip(item["Layers"], diff_ids):
+        for layer, diff_id in zip(item["Layers"], diff_ids, strict=True):
             real = st.resolve(layer)
             assert st.sha[real] == diff_id, "%s: layer %s (-> %s) of %s does not hash to its diffID" % (
                 fixture, layer, real, image_id)

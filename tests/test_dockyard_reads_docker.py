@@ -21,7 +21,7 @@ import pytest
 
 import peers
 
-pytestmark = pytest.mark.peers
+pytestmark = [pytest.mark.peers, pytest.mark.timeout(600)]
 
 ORACLE = "dataroot-docker20"
 
@@ -37,11 +37,7 @@ def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
             rel = os.path.relpath(full, rootb).decode("utf-8", "surrogateescape")
             extra: Any = None
             if stat.S_ISREG(st.st_mode):
-                h = hashlib.sha256()
-                with open(full, "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):  # noqa: B023
-                        h.update(chunk)
-                extra = h.hexdigest()
+                extra = peers.sha256_file(full)
             elif stat.S_ISLNK(st.st_mode):
                 extra = os.readlink(full)
             elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
@@ -61,7 +57,7 @@ def snapshot_diff(a: dict[str, tuple[Any, ...]], b: dict[str, tuple[Any, ...]]) 
     fields = ("mode", "uid", "gid", "size", "mtime_ns", "nlink", "content/target/rdev", "xattrs")
     for p in sorted(set(a) & set(b)):
         if a[p] != b[p]:
-            changed = [f for f, x, y in zip(fields, a[p], b[p]) if x != y]
+            changed = [f for f, x, y in zip(fields, a[p], b[p], strict=True) if x != y]
             out.append("changed: %s (%s)" % (p, ", ".join(changed)))
     return out
 
@@ -158,7 +154,7 @@ def test_explain(unchanged: Any) -> None:
         assert sorted(ex["repo_digests"]) == sorted(im["repo_digests"])
         assert len(ex["layers"]) == len(im["layers"])
         caches = _layer_caches(root, im["chain_ids"])
-        for i, (lay, ol) in enumerate(zip(ex["layers"], im["layers"])):
+        for i, (lay, ol) in enumerate(zip(ex["layers"], im["layers"], strict=True)):
             assert lay["index"] == i
             assert lay["diff_id"] == im["diff_ids"][i] == ol["diff_id"]
             assert lay["chain_id"] == im["chain_ids"][i] == ol["chain_id"]
@@ -193,7 +189,7 @@ def test_save_loads_into_fresh_dockerd(unchanged: Any, tmp_path: Path) -> None:
         diff_ids = json.loads(cfg)["rootfs"]["diff_ids"]
         assert diff_ids == want[image_id]["diff_ids"]
         assert len(item["Layers"]) == len(diff_ids)
-        for layer, diff_id in zip(item["Layers"], diff_ids):
+        for layer, diff_id in zip(item["Layers"], diff_ids, strict=True):
             real = st.resolve(layer)
             assert st.sha.get(real) == diff_id, "layer %s (-> %s) of %s does not hash to its diffID %s" % (
                 layer, real, image_id, diff_id)

@@ -25,7 +25,7 @@ import pytest
 
 import peers
 
-pytestmark = pytest.mark.peers
+pytestmark = [pytest.mark.peers, pytest.mark.timeout(600)]
 
 DOCKER_CASES = ["fx-edge.docker.tar", "fx-tags.docker.tar", "fx-shared.docker.tar", "fx-dup.docker.tar"]
 OCI_CASES = ["fx-edge.docker.tar", "fx-tags.docker.tar", "fx-dup.docker.tar"]
@@ -191,7 +191,8 @@ def test_oci_save_skopeo_inspect(env: Any, fixture: str, tmp_path: Path) -> None
     assert peers.sha256_bytes(man_bytes) == manifest_digest
     man = json.loads(man_bytes)
     assert peers.sha256_bytes(blob(man["config"]["digest"])) == im["id"]
-    for lay, diff_id in zip(man["layers"], im["diff_ids"]):
+    assert len(man["layers"]) == len(im["diff_ids"])
+    for lay, diff_id in zip(man["layers"], im["diff_ids"], strict=True):
         b = blob(lay["digest"])
         assert peers.sha256_bytes(b) == lay["digest"] and len(b) == lay["size"]
         assert peers.sha256_bytes(_decompress(b)) == diff_id

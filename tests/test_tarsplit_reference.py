@@ -29,7 +29,7 @@ import pytest
 
 import peers
 
-pytestmark = pytest.mark.peers
+pytestmark = [pytest.mark.peers, pytest.mark.timeout(600)]
 
 SAVE_FIXTURES = ["fx-edge.docker.tar", "fx-tags.docker.tar", "fx-shared.docker.tar", "fx-untagged.docker.tar",
                  "fx-dup.docker.tar", "fx-multi-arm64.docker.tar", "fx-manyfiles.docker.tar.gz",
@@ -83,7 +83,7 @@ def layers_of_fixture(name: str) -> tuple[list[list[str]], dict[str, bytes]]:
             for item in json.loads(read("manifest.json")):
                 diff_ids = json.loads(read(item["Config"]))["rootfs"]["diff_ids"]
                 images.append(diff_ids)
-                for lp, d in zip(item["Layers"], diff_ids):
+                for lp, d in zip(item["Layers"], diff_ids, strict=True):
                     if d not in blobs:
                         b = _decompress(read(lp))
                         assert peers.sha256_bytes(b) == d, "fixture %s: %s is not %s" % (name, lp, d)
@@ -110,7 +110,7 @@ def layers_of_fixture(name: str) -> tuple[list[list[str]], dict[str, bytes]]:
             cfg = json.loads(blob(doc["config"]["digest"]))
             diff_ids = cfg["rootfs"]["diff_ids"]
             images.append(diff_ids)
-            for ld, d in zip(doc["layers"], diff_ids):
+            for ld, d in zip(doc["layers"], diff_ids, strict=True):
                 if d not in blobs:
                     b = _decompress(blob(ld["digest"]))
                     assert peers.sha256_bytes(b) == d, "fixture %s: blob %s is not %s" % (name, ld["digest"], d)
@@ -174,7 +174,7 @@ def test_reference_asm_reassembles_every_layer(store: Any, fixture: str) -> None
     images, blobs = layers_of_fixture(fixture)
     assert images
     for diff_ids in images:
-        for chain, diff_id in zip(peers.chain_ids(diff_ids), diff_ids):
+        for chain, diff_id in zip(peers.chain_ids(diff_ids), diff_ids, strict=True):
             ldb = _layerdb(store.root, chain)
             assert ldb.is_dir(), "%s: layer %s (diffID %s) not in the layerdb" % (fixture, chain, diff_id)
             assert (ldb / "diff").read_text() == diff_id
@@ -229,7 +229,7 @@ def compare_tarsplit(ours: bytes, ref: bytes) -> tuple[list[str], list[str]]:
     ta, tb = _trailing_start(a), _trailing_start(b)
     hard: list[str] = []
     if a[:ta] != b[:tb]:
-        for i, (x, y) in enumerate(zip(a[:ta], b[:tb])):
+        for i, (x, y) in enumerate(zip(a[:ta], b[:tb], strict=False)):
             if x != y:
                 ex, ey = _entry(x), _entry(y)
                 fields = sorted(k for k in set(ex) | set(ey) if ex.get(k) != ey.get(k))
@@ -256,7 +256,7 @@ def test_tarsplit_json_matches_reference_disasm(store: Any, fixture: str) -> Non
     images, blobs = layers_of_fixture(fixture)
     chains_of: dict[str, set[str]] = {}
     for diff_ids in images:
-        for chain, d in zip(peers.chain_ids(diff_ids), diff_ids):
+        for chain, d in zip(peers.chain_ids(diff_ids), diff_ids, strict=True):
             chains_of.setdefault(d, set()).add(chain)
     problems, soft = [], []
     for diff_id, layer in blobs.items():

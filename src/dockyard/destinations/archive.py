@@ -126,6 +126,17 @@ def write_oci_archive(
     progress: ProgressFn | None = None,
 ) -> None:
     tw = TarWriter(write, uname="root", gname="root")
+    # ref.name is the tag (as Docker 25+ writes it) unless two saved images share a tag; then the
+    # whole reference, so tools that select by ref.name (umoci, skopeo) are never ambiguous.
+    tag_count: dict[str, int] = {}
+    for im in images:
+        for r in im.refs:
+            tag_count[r.tag or "latest"] = tag_count.get(r.tag or "latest", 0) + 1
+    ref_names = {
+        r: (r.tag or "latest") if tag_count[r.tag or "latest"] == 1 else r.familiar_string()
+        for im in images
+        for r in im.refs
+    }
     blobs_written: set[str] = set()
     index_manifests: list[dict[str, Any]] = []
     tw.add_bytes("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
@@ -169,7 +180,7 @@ def write_oci_archive(
                     **desc,
                     "annotations": {
                         "io.containerd.image.name": str(r),
-                        "org.opencontainers.image.ref.name": r.tag,
+                        "org.opencontainers.image.ref.name": ref_names[r],
                     },
                     "platform": platform,
                 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Any
 
 from dockyard.archive.fsutil import remove_tree
 from dockyard.digest import random_link
@@ -113,12 +114,115 @@ class Overlay2Driver:
         except FileNotFoundError:
             pass
 
-    def _unmount(self, path: str) -> None:
-        import ctypes
+    # ------------------------------------------------------------------ mounts
+    def mount_options(self, cache_id: str, *, relative: bool = False) -> str:
+        """Docker's mount data: rw (upper/work) unless ``committed`` marks the layer read-only."""
+        d = self.dir(cache_id)
+        lower = self.lower_of(cache_id)
+        if lower is None:
+            raise DriverError(f"layer {cache_id} has no lower layers; it is used directly, not mounted")
+        committed = os.path.exists(os.path.join(d, "committed"))
+        if relative:
+            lowers = lower
+            diff, work = f"{cache_id}/diff", f"{cache_id}/work"
+        else:
+            lowers = ":".join(os.path.join(self.layout.overlay2, x) for x in lower.split(":"))
+            diff, work = os.path.join(d, "diff"), os.path.join(d, "work")
+        opts = "index=off," if os.path.exists("/sys/module/overlay/parameters/index") else ""
+        if committed:
+            return opts + f"lowerdir={diff}:{lowers}"
+        return opts + f"lowerdir={lowers},upperdir={diff},workdir={work}"
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        MNT_DETACH = 2
-        if libc.umount2(os.fsencode(path), MNT_DETACH) != 0:
-            err = ctypes.get_errno()
-            if err not in (errno.EINVAL, errno.ENOENT):
-                raise OSError(err, os.strerror(err), path)
+    def mounted(self, cache_id: str) -> bool:
+        return os.path.ismount(os.path.join(self.dir(cache_id), "merged"))
+
+    def get(self, cache_id: str) -> str:
+        """Mount the layer (if not mounted yet) and return its root: ``merged/`` or, for a
+        bottom layer, ``diff/``. The only place dockyard mounts anything."""
+        d = self.dir(cache_id)
+        if self.lower_of(cache_id) is None:
+            return os.path.join(d, "diff")
+        merged = os.path.join(d, "merged")
+        if os.path.ismount(merged):
+            return merged
+        try:
+            os.mkdir(merged, 0o700)
+        except FileExistsError:
+            pass
+        data = self.mount_options(cache_id)
+        page = os.sysconf("SC_PAGE_SIZE")
+        if len(data) <= page - 1:
+            _mount("overlay", merged, "overlay", data)
+        else:
+            # Too long for one page: relative paths, mounted from a child whose cwd is overlay2/
+            # (cwd is per process; the parent's never changes).
+            rel = self.mount_options(cache_id, relative=True)
+            if len(rel) > page - 1:
+                raise DriverError(f"cannot mount layer {cache_id}: too many lower layers for one mount")
+            _mount_from(self.layout.overlay2, "overlay", f"{cache_id}/merged", "overlay", rel)
+        return merged
+
+    def put(self, cache_id: str) -> None:
+        """Unmount the layer (lazily, so a busy mount still goes) and remove ``merged/``."""
+        merged = os.path.join(self.dir(cache_id), "merged")
+        if os.path.ismount(merged):
+            self._unmount(merged)
+        try:
+            os.rmdir(merged)
+        except (FileNotFoundError, OSError):
+            pass
+
+    def _unmount(self, path: str) -> None:
+        _umount(path)
+
+
+def _libc() -> Any:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _mount(source: str, target: str, fstype: str, data: str, flags: int = 0) -> None:
+    import ctypes
+
+    libc = _libc()
+    if libc.mount(source.encode(), os.fsencode(target), fstype.encode(), ctypes.c_ulong(flags), data.encode()) != 0:
+        err = ctypes.get_errno()
+        raise DriverError(f"mount of {target} failed: {os.strerror(err)}")
+
+
+def _mount_from(cwd: str, source: str, target: str, fstype: str, data: str) -> None:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os.close(r)
+        code = 0
+        try:
+            os.chdir(cwd)
+            _mount(source, target, fstype, data)
+        except BaseException as e:  # report to the parent
+            os.write(w, str(e).encode()[:1000])
+            code = 1
+        os._exit(code)
+    os.close(w)
+    msg = b""
+    while True:
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        msg += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise DriverError(msg.decode(errors="replace") or "mount failed")
+
+
+def _umount(path: str) -> None:
+    import ctypes
+
+    libc = _libc()
+    MNT_DETACH = 2
+    if libc.umount2(os.fsencode(path), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOENT):
+            raise OSError(err, os.strerror(err), path)

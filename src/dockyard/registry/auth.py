@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from dockyard.registry.credentials import Credentials
-from dockyard.registry.errors import AuthError, RegistryError
+from dockyard.registry.errors import AuthError
 
 if TYPE_CHECKING:
     from dockyard.registry.client import RegistryClient
@@ -290,4 +290,4 @@ def _token_error_detail(body: bytes) -> str:
     return v if isinstance(v, str) else ""
 
 
-__all__ = ["Authenticator", "Challenge", "RegistryError", "parse_challenges", "scope_for"]
+__all__ = ["Authenticator", "Challenge", "parse_challenges", "scope_for"]

@@ -49,7 +49,7 @@ from typing import Any, Protocol
 
 from dockyard.gojson import go_string
 from dockyard.registry.errors import CredentialError
-from dockyard.registry.transport import DOCKER_HUB_AUTH_KEY, _HUB_ALIASES, strip_scheme
+from dockyard.registry.transport import _HUB_ALIASES, DOCKER_HUB_AUTH_KEY, strip_scheme
 
 HELPER_PREFIX = "docker-credential-"
 HELPER_TIMEOUT = 60.0

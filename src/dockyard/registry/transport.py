@@ -91,9 +91,7 @@ def split_host_port(netloc: str) -> tuple[str, int | None]:
         port_s = rest[1:] if rest else ""
     else:
         host, sep, port_s = netloc.rpartition(":")
-        if not sep:
-            host, port_s = netloc, ""
-        elif ":" in host:  # a bare IPv6 address without brackets
+        if not sep or ":" in host:
             host, port_s = netloc, ""
     if port_s:
         if not port_s.isdigit() or not 0 < int(port_s) < 65536:
@@ -244,9 +242,8 @@ def make_ssl_context(verify: bool, certs_dir: Path | None) -> ssl.SSLContext:
                 ctx.load_cert_chain(certfile=str(p), keyfile=str(key))
             except (OSError, ssl.SSLError) as e:
                 raise RegistryError(f"cannot load client certificate {p}: {e}") from None
-        elif p.suffix == ".key":
-            if not p.with_suffix(".cert").exists():
-                raise RegistryError(f"missing client certificate {p.with_suffix('.cert').name} for key {p}")
+        elif p.suffix == ".key" and not p.with_suffix(".cert").exists():
+            raise RegistryError(f"missing client certificate {p.with_suffix('.cert').name} for key {p}")
     return ctx
 
 
@@ -268,14 +265,16 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 class Backoff:
-    """Exponential backoff with jitter inside a bounded total wait.
+    """Exponential backoff with jitter, at most ``retries`` waits inside a bounded total wait.
 
-    Attempt *n* (0-based) waits ``base * 2**n`` capped at ``cap``, scaled by a random factor in
-    [0.5, 1]; a server's ``Retry-After`` replaces that (never more than ``cap * 4``). Once the sum of
-    the waits would exceed ``budget`` seconds, :meth:`next_delay` returns None: give up.
+    Wait *n* (0-based) is ``base * 2**n`` capped at ``cap``, scaled by a random factor in
+    [0.5, 1]; a server's ``Retry-After`` replaces it (but never more than ``max(cap * 4, base)``).
+    Once ``retries`` waits were taken, or the next one would push the total past ``budget``
+    seconds, :meth:`sleep` returns False: give up.
     """
 
-    def __init__(self, base: float, cap: float, budget: float) -> None:
+    def __init__(self, retries: int, base: float, cap: float, budget: float) -> None:
+        self.retries = retries
         self.base = base
         self.cap = cap
         self.budget = budget
@@ -283,6 +282,8 @@ class Backoff:
         self.attempt = 0
 
     def next_delay(self, retry_after: float | None = None) -> float | None:
+        if self.attempt >= self.retries:
+            return None
         if retry_after is not None:
             delay = min(retry_after, max(self.cap * 4, self.base))
         else:
@@ -294,7 +295,7 @@ class Backoff:
         return delay
 
     def sleep(self, retry_after: float | None = None) -> bool:
-        """Sleep for the next delay; False (no sleep) when the budget is spent."""
+        """Sleep for the next delay; False (no sleep) when retries or the time budget are spent."""
         d = self.next_delay(retry_after)
         if d is None:
             return False

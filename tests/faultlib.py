@@ -1,0 +1,567 @@
+"""Shared helpers for the fault-injection modules (fsck corruption, crash injection, disk full, concurrency).
+
+Everything here drives the real CLI in subprocesses (``python -m dockyard --data-root ROOT ...``) the way
+``conftest.run_dy`` does, but adds what the fault tests need and conftest lacks:
+
+- ``dy`` with extra environment (``DOCKYARD_CRASH_AT`` / ``DOCKYARD_CRASH_LOG``), in its own process group,
+  and ``run_killed`` (SIGKILL at a boundary or after a delay, then wait until every process of the group is gone);
+- ``fsck_report``: ``fsck --format json`` parsed, with a guard against tracebacks;
+- oracles that do not come from dockyard: ``fixture_images`` reads a docker-save tar / OCI layout (image ID =
+  sha256 of the config bytes, RepoTags, diff_ids -> chainIDs), ``StoreView`` reads a data-root with plain
+  Python (no dockyard code), ``structural_problems`` is an independent consistency check of a data-root
+  (links, lower files of layers AND containers, layerdb files, chainIDs, references, leftovers);
+- data-root templates (one loaded by dockyard, the Docker-written fixture) built once per session and copied
+  with ``cp -a`` for each case;
+- per-image file sets (``image_paths``) to prove "the files of an intact image did not change".
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FIXTURES, _env, dy_cmd, mounts_below, store_snapshot, umount_below
+
+SAVE = FIXTURES / "docker-save"
+OCI = FIXTURES / "oci"
+DOCKER_DATAROOT_TGZ = FIXTURES / "dataroot" / "dataroot-docker20.tar.gz"
+
+#: what a dockyard-made data-root is built from (in this order), for the corruption corpus
+DOCKYARD_ROOT_INPUTS = (SAVE / "fx-edge.docker.tar", SAVE / "fx-shared.docker.tar", SAVE / "fx-tags.docker.tar")
+
+HEX64 = re.compile(r"^[a-f0-9]{64}$")
+LINK_RE = re.compile(r"^[A-Z2-7]{26}$")
+
+
+# ------------------------------------------------------------------------------------------------ running
+def dy(root: os.PathLike | str, *args: Any, env: dict[str, str] | None = None, timeout: float = 180,
+       input: bytes | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI (text output, never raises on a non-zero exit). Its own session, so nothing it forks
+    outlives it unnoticed."""
+    e = _env()
+    e.pop("DOCKYARD_CRASH_AT", None)
+    e.pop("DOCKYARD_CRASH_LOG", None)
+    if env:
+        e.update(env)
+    p = subprocess.run(dy_cmd(*args, root=root), input=input, stdin=None if input is not None else subprocess.DEVNULL,
+                       capture_output=True, env=e, cwd="/", timeout=timeout, start_new_session=True)
+    return subprocess.CompletedProcess(p.args, p.returncode, p.stdout.decode("utf-8", "replace"),
+                                       p.stderr.decode("utf-8", "replace"))
+
+
+def show(p: subprocess.CompletedProcess) -> str:
+    cmd = " ".join(str(a) for a in p.args[3:]) if isinstance(p.args, list) else str(p.args)
+    return "`dockyard %s` -> rc %s\n--- stdout:\n%s\n--- stderr:\n%s" % (cmd, p.returncode, p.stdout[-3000:],
+                                                                      p.stderr[-3000:])
+
+
+def dy_ok(root: os.PathLike | str, *args: Any, **kw: Any) -> subprocess.CompletedProcess:
+    p = dy(root, *args, **kw)
+    assert p.returncode == 0, show(p)
+    assert "Traceback (most recent call last)" not in p.stderr, show(p)
+    return p
+
+
+def no_traceback(p: subprocess.CompletedProcess) -> None:
+    assert "Traceback (most recent call last)" not in p.stderr + p.stdout, show(p)
+    assert "internal error" not in p.stderr, show(p)
+
+
+def fsck_report(root: os.PathLike | str, *flags: str) -> tuple[int, dict]:
+    """``fsck [flags] --format json`` -> (rc, report)."""
+    p = dy(root, "fsck", *flags, "--format", "json")
+    no_traceback(p)
+    try:
+        rep = json.loads(p.stdout)
+    except ValueError:
+        raise AssertionError("fsck --format json did not print JSON\n" + show(p)) from None
+    assert p.returncode in (0, 1), show(p)
+    assert (p.returncode == 0) == (not rep["findings"]), "fsck rc does not match its findings\n" + show(p)
+    return p.returncode, rep
+
+
+def fmt_findings(rep: dict) -> str:
+    lines = ["%s %s %s (repairable=%s): %s" % (f["severity"], f["code"], f["path"], f["repairable"], f["message"])
+             for f in rep.get("findings", [])]
+    if rep.get("damaged_images"):
+        lines.append("damaged_images: %s" % json.dumps(rep["damaged_images"]))
+    return "\n".join(lines) or "(no findings)"
+
+
+@dataclass
+class KillResult:
+    returncode: int
+    killed: bool                 # died of SIGKILL (from the crash hook or from us)
+    stdout: str
+    stderr: str
+    boundaries: list[str] = field(default_factory=list)
+    stragglers: list[int] = field(default_factory=list)   # processes of its group alive after it died
+
+
+def _group_pids(pgid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+        except OSError:
+            continue
+        # field 5 (pgrp) after the ")" that ends the command name
+        rest = st[st.rfind(")") + 2:].split()
+        if len(rest) > 2 and int(rest[2]) == pgid and rest[0] != "Z":
+            out.append(int(d))
+    return out
+
+
+def run_killed(root: os.PathLike | str, *args: Any, crash_at: int | None = None, delay: float | None = None,
+               log: os.PathLike | str | None = None, timeout: float = 120) -> KillResult:
+    """Run a dockyard command that dies: at its ``crash_at``-th write boundary (its own SIGKILL via
+    DOCKYARD_CRASH_AT) or ``delay`` seconds after it started (our SIGKILL to the dockyard process only,
+    as a crash of that process would). Afterwards waits up to 3 s for every process of its group to be
+    gone (workers die with their parent by PR_SET_PDEATHSIG); anything still alive is reported in
+    ``stragglers`` and then killed -- by its process group, which this function created."""
+    e = _env()
+    e.pop("DOCKYARD_CRASH_AT", None)
+    e.pop("DOCKYARD_CRASH_LOG", None)
+    if crash_at is not None:
+        e["DOCKYARD_CRASH_AT"] = str(crash_at)
+    if log is not None:
+        e["DOCKYARD_CRASH_LOG"] = str(log)
+    p = subprocess.Popen(dy_cmd(*args, root=root), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=e, cwd="/", start_new_session=True)
+    if delay is not None:
+        try:
+            p.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGKILL)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        raise AssertionError("dockyard %s hung (> %ss)" % (" ".join(map(str, args)), timeout)) from None
+    stragglers: list[int] = []
+    deadline = time.monotonic() + 3
+    while True:
+        left = _group_pids(p.pid)
+        if not left:
+            break
+        if time.monotonic() > deadline:
+            stragglers = left
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            time.sleep(0.2)
+            break
+        time.sleep(0.02)
+    res = KillResult(p.returncode, p.returncode == -signal.SIGKILL, out.decode("utf-8", "replace"),
+                     err.decode("utf-8", "replace"), stragglers=stragglers)
+    if log is not None and os.path.exists(log):
+        res.boundaries = read_boundaries(log)
+    return res
+
+
+def read_boundaries(log: os.PathLike | str) -> list[str]:
+    """Names of the boundaries in a DOCKYARD_CRASH_LOG, checking they are numbered 1..N."""
+    names = []
+    with open(log) as f:
+        for i, line in enumerate(f, 1):
+            n, _, name = line.rstrip("\n").partition(" ")
+            assert int(n) == i, "crash log %s: line %d is numbered %s" % (log, i, n)
+            names.append(name)
+    return names
+
+
+def count_boundaries(root: os.PathLike | str, *args: Any, logdir: os.PathLike | str) -> tuple[list[str],
+                                                                                             subprocess.CompletedProcess]:
+    """Dry run with DOCKYARD_CRASH_LOG: the boundaries the command passes (and its result)."""
+    log = Path(logdir) / ("boundaries-%d.log" % time.monotonic_ns())
+    p = dy(root, *args, env={"DOCKYARD_CRASH_LOG": str(log)})
+    return (read_boundaries(log) if log.exists() else []), p
+
+
+# ------------------------------------------------------------------------------------------------ data-roots
+def clone_root(src: os.PathLike | str, dst: os.PathLike | str) -> Path:
+    """Byte-exact copy (modes, owners, xattrs incl. trusted.*, device nodes, hard links)."""
+    dst = Path(dst)
+    assert not dst.exists(), dst
+    subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
+    return dst
+
+
+def build_dockyard_root(dst: os.PathLike | str, inputs=DOCKYARD_ROOT_INPUTS) -> Path:
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for x in inputs:
+        dy_ok(dst, "load", "-q", "-i", x)
+    return dst
+
+
+def extract_docker_root(dst: os.PathLike | str) -> Path:
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xzpf", str(DOCKER_DATAROOT_TGZ),
+                    "-C", str(dst)], check=True)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def dockyard_template(tmp_path_factory) -> Path:
+    """A data-root that dockyard loaded from fx-edge + fx-shared + fx-tags (do not modify: clone it)."""
+    root = build_dockyard_root(tmp_path_factory.mktemp("tpl-dockyard") / "root")
+    rc, rep = fsck_report(root, "--deep")
+    assert rc == 0, "the freshly loaded template is not clean:\n" + fmt_findings(rep)
+    assert not structural_problems(root, strict=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def docker_template(tmp_path_factory) -> Path:
+    """The Docker-written data-root fixture, extracted (do not modify: clone it)."""
+    root = extract_docker_root(tmp_path_factory.mktemp("tpl-docker") / "root")
+    rc, rep = fsck_report(root, "--deep")
+    assert rc == 0, "the Docker-written fixture is not clean for dockyard:\n" + fmt_findings(rep)
+    assert not structural_problems(root, strict=True), structural_problems(root, strict=True)
+    return root
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    """A temp dir; every mount below it is lazily unmounted at teardown."""
+    yield tmp_path
+    umount_below(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ fixture oracle
+def chain_of(diff_ids: list[str]) -> list[str]:
+    out: list[str] = []
+    for i, d in enumerate(diff_ids):
+        out.append(d if i == 0 else "sha256:" + hashlib.sha256((out[-1] + " " + d).encode()).hexdigest())
+    return out
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    id: str
+    repo_tags: tuple[str, ...]
+    diff_ids: tuple[str, ...]
+
+    @property
+    def chain_ids(self) -> list[str]:
+        return chain_of(list(self.diff_ids))
+
+    @property
+    def top(self) -> str | None:
+        c = self.chain_ids
+        return c[-1] if c else None
+
+
+def _familiar(tag: str) -> str:
+    for p in ("docker.io/library/", "docker.io/"):
+        if tag.startswith(p):
+            return tag[len(p):]
+    return tag
+
+
+def fixture_images(path: os.PathLike | str) -> list[ImageSpec]:
+    """Images in a docker-save tar or an OCI layout dir, read without dockyard (ID = sha256 of config bytes)."""
+    path = Path(path)
+    out = []
+    if path.is_dir():  # OCI layout
+        def blob(d: str) -> bytes:
+            alg, hx = d.split(":", 1)
+            return (path / "blobs" / alg / hx).read_bytes()
+        index = json.loads((path / "index.json").read_text())
+        stack = list(index["manifests"])
+        while stack:
+            desc = stack.pop(0)
+            m = json.loads(blob(desc["digest"]))
+            if "manifests" in m:
+                stack.extend(m["manifests"])
+                continue
+            cfg_raw = blob(m["config"]["digest"])
+            cfg = json.loads(cfg_raw)
+            out.append(ImageSpec("sha256:" + hashlib.sha256(cfg_raw).hexdigest(), (),
+                                 tuple(cfg["rootfs"]["diff_ids"])))
+        return out
+    with tarfile.open(path) as t:
+        manifest = json.load(t.extractfile("manifest.json"))
+        for item in manifest:
+            raw = t.extractfile(item["Config"]).read()
+            cfg = json.loads(raw)
+            out.append(ImageSpec("sha256:" + hashlib.sha256(raw).hexdigest(),
+                                 tuple(_familiar(x) for x in (item.get("RepoTags") or [])),
+                                 tuple(cfg["rootfs"]["diff_ids"])))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ store view
+def _rd(p: os.PathLike | str) -> bytes | None:
+    try:
+        with open(p, "rb") as f:
+            return f.read()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
+def _rt(p: os.PathLike | str) -> str | None:
+    b = _rd(p)
+    return None if b is None else b.decode("utf-8", "replace")
+
+
+@dataclass
+class StoreView:
+    """A data-root read with plain Python (no dockyard code): what exists and what refers to what."""
+    root: Path
+    images: dict[str, list[str]] = field(default_factory=dict)           # image id -> chain ids (bottom first)
+    bad_images: list[str] = field(default_factory=list)                 # content that does not hash / parse
+    refs: dict[str, str] = field(default_factory=dict)                   # familiar ref -> image id
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)      # chain id -> {diff, parent, cache_id, size}
+    containers: dict[str, dict[str, Any]] = field(default_factory=dict)  # container id -> {image, mount_id, ...}
+
+    @classmethod
+    def read(cls, root: os.PathLike | str) -> StoreView:
+        root = Path(root)
+        v = cls(root)
+        img = root / "image" / "overlay2"
+        cdir = img / "imagedb" / "content" / "sha256"
+        for n in sorted(os.listdir(cdir)) if cdir.is_dir() else []:
+            if not HEX64.match(n):
+                continue
+            raw = _rd(cdir / n) or b""
+            if hashlib.sha256(raw).hexdigest() != n:
+                v.bad_images.append("sha256:" + n)
+                continue
+            try:
+                v.images["sha256:" + n] = chain_of(json.loads(raw)["rootfs"]["diff_ids"])
+            except (ValueError, KeyError, TypeError):
+                v.bad_images.append("sha256:" + n)
+        repos = _rt(img / "repositories.json")
+        if repos:
+            try:
+                for refs in json.loads(repos).get("Repositories", {}).values():
+                    v.refs.update(refs)
+            except (ValueError, AttributeError):
+                pass
+        ldir = img / "layerdb" / "sha256"
+        for n in sorted(os.listdir(ldir)) if ldir.is_dir() else []:
+            if not HEX64.match(n):
+                continue
+            d = ldir / n
+            v.layers["sha256:" + n] = {
+                "diff": _rt(d / "diff"), "parent": _rt(d / "parent"), "cache_id": (_rt(d / "cache-id") or "").strip(),
+                "size": _rt(d / "size"),
+            }
+        mdir = img / "layerdb" / "mounts"
+        for n in sorted(os.listdir(mdir)) if mdir.is_dir() else []:
+            cfg = _rt(root / "containers" / n / "config.v2.json")
+            try:
+                image = json.loads(cfg)["Image"] if cfg else None
+            except (ValueError, KeyError):
+                image = None
+            v.containers[n] = {"image": image, "mount_id": _rt(mdir / n / "mount-id"),
+                               "init_id": _rt(mdir / n / "init-id"), "parent": _rt(mdir / n / "parent")}
+        return v
+
+    def users_of(self, chain: str) -> list[str]:
+        return sorted(i for i, chains in self.images.items() if chain in chains)
+
+    def tags_of(self, image_id: str) -> list[str]:
+        return sorted(r for r, i in self.refs.items() if i == image_id and "@" not in r)
+
+    def container_images(self) -> set[str]:
+        return {c["image"] for c in self.containers.values() if c["image"]}
+
+    def cache_id(self, chain: str) -> str:
+        return self.layers[chain]["cache_id"]
+
+    def link(self, chain: str) -> str:
+        return (_rt(self.root / "overlay2" / self.cache_id(chain) / "link") or "").strip()
+
+
+def image_paths(view: StoreView, image_id: str) -> list[str]:
+    """Relative path prefixes of everything that makes up an image: its config, metadata, and for every layer
+    of its chain the layerdb dir, the overlay2 dir and its l/ link."""
+    out = ["image/overlay2/imagedb/content/sha256/" + image_id[7:],
+           "image/overlay2/imagedb/metadata/sha256/" + image_id[7:]]
+    for chain in view.images[image_id]:
+        out.append("image/overlay2/layerdb/sha256/" + chain[7:])
+        info = view.layers.get(chain)
+        if info and info["cache_id"]:
+            out.append("overlay2/" + info["cache_id"])
+            link = view.link(chain)
+            if link:
+                out.append("overlay2/l/" + link)
+    return out
+
+
+def under(path: str, prefixes: list[str]) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in prefixes)
+
+
+def files_of(snap: dict[str, tuple], prefixes: list[str]) -> dict[str, tuple]:
+    return {p: v for p, v in snap.items() if under(p, prefixes)}
+
+
+def compare_files(before: dict[str, tuple], after: dict[str, tuple], *, allow_committed: bool = True,
+                  limit: int = 30) -> list[str]:
+    """Differences between two snapshot subsets. An added empty ``committed`` marker is allowed (Docker
+    writes it into a layer's dir when a child layer is created on it)."""
+    out = []
+    for p in sorted(set(before) | set(after)):
+        if p not in after:
+            out.append("removed: %s %s" % (p, before[p][:2]))
+        elif p not in before:
+            if allow_committed and p.endswith("/committed") and after[p][0] == "file" and after[p][4] == 0:
+                continue
+            out.append("added:   %s %s" % (p, after[p][:2]))
+        elif before[p] != after[p]:
+            out.append("changed: %s %s -> %s" % (p, before[p], after[p]))
+        if len(out) >= limit:
+            out.append("...")
+            break
+    return out
+
+
+def snapshot(root: os.PathLike | str) -> dict[str, tuple]:
+    """conftest.store_snapshot without dockyard's own lock file (it is not part of Docker's layout)."""
+    s = store_snapshot(root)
+    s.pop(".dockyard.lock", None)
+    return s
+
+
+# ------------------------------------------------------------------------------------------------ independent check
+def structural_problems(root: os.PathLike | str, *, strict: bool = True) -> list[str]:
+    """An independent consistency check of a data-root (what dockerd needs to load and mount everything).
+
+    Always: l/ links point to ``../<dir>/diff`` of an existing dir; every overlay2 dir with a ``link`` file names
+    an l/ link that points back; every ``lower`` file (image layers AND container rw/init layers) lists l/ links
+    that exist; layerdb dirs have valid diff/size/cache-id (+parent), their chainID recomputes, their overlay2 dir
+    and parent exist; images hash to their names and their top layer exists; references and mount records
+    point at things that exist. ``strict`` also rejects leftovers: staging dirs, ``-removing`` dirs, ``.tmp-``
+    files, overlay2 dirs and layers nothing uses.
+    """
+    root = Path(root)
+    probs: list[str] = []
+    ov = root / "overlay2"
+    ldir = ov / "l"
+    img = root / "image" / "overlay2"
+    v = StoreView.read(root)
+    dirs = sorted(n for n in os.listdir(ov) if n != "l") if ov.is_dir() else []
+    links = sorted(os.listdir(ldir)) if ldir.is_dir() else []
+    for name in links:
+        p = ldir / name
+        if not p.is_symlink():
+            probs.append("l/%s is not a symlink" % name)
+            continue
+        t = os.readlink(p)
+        m = re.match(r"^\.\./([a-f0-9]{64}(?:-init)?)/diff$", t)
+        if not m or not (ov / m.group(1) / "diff").is_dir():
+            probs.append("l/%s -> %s: target missing or not ../<id>/diff" % (name, t))
+        elif strict and (_rt(ov / m.group(1) / "link") or "").strip() != name:
+            probs.append("l/%s -> %s but that dir's link file says %r" % (name, t, _rt(ov / m.group(1) / "link")))
+    for d in dirs:
+        link = _rt(ov / d / "link")
+        if link is None:
+            probs.append("overlay2/%s has no link file" % d)
+        elif not LINK_RE.match(link):
+            probs.append("overlay2/%s/link is invalid: %r" % (d, link))
+        else:
+            lp = ldir / link
+            if not lp.is_symlink() or os.readlink(lp) != "../%s/diff" % d:
+                probs.append("overlay2/%s/link names l/%s, which does not point back" % (d, link))
+        lower = _rt(ov / d / "lower")
+        if lower is not None:
+            for item in lower.split(":"):
+                if not item.startswith("l/") or not (ov / item).is_symlink() or not (ov / item).exists():
+                    probs.append("overlay2/%s/lower names %s, which does not exist" % (d, item))
+    used_cache: set[str] = set()
+    for chain, info in v.layers.items():
+        where = "layerdb/sha256/%s" % chain[7:]
+        if not info["diff"] or not re.match(r"^sha256:[a-f0-9]{64}$", info["diff"]):
+            probs.append("%s/diff is missing or invalid: %r" % (where, info["diff"]))
+        if info["size"] is None or not re.match(r"^[0-9]+$", info["size"]):
+            probs.append("%s/size is missing or invalid: %r" % (where, info["size"]))
+        if not HEX64.match(info["cache_id"]):
+            probs.append("%s/cache-id is missing or invalid: %r" % (where, info["cache_id"]))
+        elif not (ov / info["cache_id"] / "diff").is_dir():
+            probs.append("%s: overlay2/%s/diff is missing" % (where, info["cache_id"]))
+        used_cache.add(info["cache_id"])
+        parent = info["parent"]
+        if parent is not None and parent not in v.layers:
+            probs.append("%s/parent names %s, which does not exist" % (where, parent))
+        if info["diff"]:
+            want = info["diff"] if parent is None else \
+                "sha256:" + hashlib.sha256((parent + " " + info["diff"]).encode()).hexdigest()
+            if want != chain:
+                probs.append("%s: chainID does not recompute from parent + diff" % where)
+        if not (img / "layerdb" / "sha256" / chain[7:] / "tar-split.json.gz").is_file():
+            probs.append("%s/tar-split.json.gz is missing" % where)
+    for i in v.bad_images:
+        probs.append("image %s: config does not hash to its name or does not parse" % i)
+    for i, chains in v.images.items():
+        if chains and chains[-1] not in v.layers:
+            probs.append("image %s: top layer %s does not exist" % (i, chains[-1]))
+    for ref, i in v.refs.items():
+        if i not in v.images:
+            probs.append("reference %s -> %s: no such image" % (ref, i))
+    for cid, c in v.containers.items():
+        for key in ("mount_id", "init_id"):
+            if c[key] and not (ov / c[key]).is_dir():
+                probs.append("container %s: %s %s has no overlay2 dir" % (cid[:12], key, c[key]))
+            if c[key]:
+                used_cache.add(c[key])
+        if c["parent"] and c["parent"] not in v.layers:
+            probs.append("container %s: parent layer %s does not exist" % (cid[:12], c["parent"]))
+        if not (root / "containers" / cid).is_dir():
+            probs.append("layerdb/mounts/%s without containers/%s" % (cid[:12], cid[:12]))
+    if strict:
+        for sub in ("layerdb/tmp",):
+            d = img / sub
+            if d.is_dir() and os.listdir(d):
+                probs.append("leftovers in %s: %s" % (sub, sorted(os.listdir(d))))
+        ls = img / "layerdb" / "sha256"
+        for n in sorted(os.listdir(ls)) if ls.is_dir() else []:
+            if not HEX64.match(n):
+                probs.append("layerdb/sha256/%s is not a layer" % n)
+        for d in dirs:
+            if d not in used_cache:
+                probs.append("overlay2/%s: nothing uses it" % d)
+        used_chains = {c[-1] for c in v.images.values() if c}
+        used_chains |= {info["parent"] for info in v.layers.values() if info["parent"]}
+        used_chains |= {c["parent"] for c in v.containers.values() if c["parent"]}
+        for chain in v.layers:
+            if chain not in used_chains:
+                probs.append("layer %s: nothing uses it" % chain)
+        for dp, dn, fn in os.walk(img):
+            for n in fn + dn:
+                if n.startswith(".tmp-"):
+                    probs.append("tmp leftover %s" % os.path.relpath(os.path.join(dp, n), root))
+        cdir = root / "containers"
+        for n in sorted(os.listdir(cdir)) if cdir.is_dir() else []:
+            if not HEX64.match(n):
+                probs.append("containers/%s is not a container" % n)
+    return probs
+
+
+def assert_no_mounts(root: os.PathLike | str) -> None:
+    left = mounts_below(root)
+    assert not left, "mounts left behind below %s: %s" % (root, left)
+
+
+def rmtree(p: os.PathLike | str) -> None:
+    umount_below(p)
+    shutil.rmtree(p, ignore_errors=True)
