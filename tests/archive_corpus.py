@@ -590,9 +590,9 @@ def _raw_sparse_pax01() -> bytes:
 
 def _raw_sparse_pax00_unterminated() -> bytes:
     """PAX 0.0 sparse (repeated offset/numbytes records, no version records), the map not
-    reaching the real size (GNU.sparse.realsize, the 1.0 keyword, which Go also honours)."""
+    reaching the real size."""
     data = b"0123" + b"end"
-    t = pax_entry([(b"GNU.sparse.realsize", b"9000"), (b"GNU.sparse.numblocks", b"2"),
+    t = pax_entry([(b"GNU.sparse.size", b"9000"), (b"GNU.sparse.numblocks", b"2"),
                    (b"GNU.sparse.offset", b"0"), (b"GNU.sparse.numbytes", b"4"),
                    (b"GNU.sparse.offset", b"8000"), (b"GNU.sparse.numbytes", b"3"),
                    (b"path", b"sparse00")])
@@ -709,7 +709,9 @@ CASES: list[Case] = [
     Case("raw-misc", _bytes(_raw_misc)),
     Case("raw-star-and-gnu-atime", _bytes(_raw_star), gnu_compare=False),
     Case("raw-global-headers", _bytes(_raw_global), gnu_compare=False),
-    Case("raw-sparse-pax-0.1", _bytes(_raw_sparse_pax01)),
+    # GNU tar 1.34 expects each fragment at a block boundary (as it writes them); Go and Python's
+    # tarfile read the fragments back to back: compared with tarfile instead.
+    Case("raw-sparse-pax-0.1", _bytes(_raw_sparse_pax01), gnu_compare=False),
     Case("raw-extra-zero-padding", _bytes(lambda: _small_tar() + END + bytes(20 * 1024))),
     Case("raw-trailing-3MiB-zeros", _bytes(lambda: _small_tar() + END + bytes(3 * MiB + 100))),
     Case("raw-trailing-straddles-1MiB", _bytes(_straddle_trailing)),

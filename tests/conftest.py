@@ -152,7 +152,7 @@ def dy(data_root):
     return _dy
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_oracle_text(name: str) -> str:
     p = ORACLE_DIR / (name if name.endswith(".json") else name + ".json")
     return p.read_text(encoding="utf-8")

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import tarfile
 import time
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIXTURES, _env, dy_cmd, mounts_below, store_snapshot, umount_below
+from conftest import FIXTURES, _env, _sha256_file, _xattrs, dy_cmd, mounts_below, umount_below
 
 SAVE = FIXTURES / "docker-save"
 OCI = FIXTURES / "oci"
@@ -437,10 +438,40 @@ def compare_files(before: dict[str, tuple], after: dict[str, tuple], *, allow_co
 
 
 def snapshot(root: os.PathLike | str) -> dict[str, tuple]:
-    """conftest.store_snapshot without dockyard's own lock file (it is not part of Docker's layout)."""
-    s = store_snapshot(root)
-    s.pop(".dockyard.lock", None)
-    return s
+    """conftest.store_snapshot's records (type, mode, uid, gid, size, sha256|target|rdev, xattrs) for everything
+    under root, without dockyard's own lock file (not part of Docker's layout); a hard-linked file is hashed
+    once (busybox has 269 links to one inode)."""
+    rootb = os.fsencode(str(root))
+    snap: dict[str, tuple] = {}
+    hashes: dict[tuple, str] = {}
+    stack = [b""]
+    while stack:
+        rel = stack.pop()
+        full = os.path.join(rootb, rel) if rel else rootb
+        st = os.lstat(full)
+        m = st.st_mode
+        key = os.fsdecode(rel) if rel else "."
+        if stat.S_ISDIR(m):
+            rec = ("dir", stat.S_IMODE(m), st.st_uid, st.st_gid, None, None)
+            for n in os.listdir(full):
+                stack.append(os.path.join(rel, n) if rel else n)
+        elif stat.S_ISREG(m):
+            ik = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if ik not in hashes:
+                hashes[ik] = _sha256_file(os.fsdecode(full))
+            rec = ("file", stat.S_IMODE(m), st.st_uid, st.st_gid, st.st_size, hashes[ik])
+        elif stat.S_ISLNK(m):
+            rec = ("symlink", stat.S_IMODE(m), st.st_uid, st.st_gid, st.st_size, os.fsdecode(os.readlink(full)))
+        elif stat.S_ISCHR(m) or stat.S_ISBLK(m):
+            rec = ("char" if stat.S_ISCHR(m) else "block", stat.S_IMODE(m), st.st_uid, st.st_gid, None,
+                   (os.major(st.st_rdev), os.minor(st.st_rdev)))
+        elif stat.S_ISFIFO(m):
+            rec = ("fifo", stat.S_IMODE(m), st.st_uid, st.st_gid, None, None)
+        else:
+            rec = ("socket", stat.S_IMODE(m), st.st_uid, st.st_gid, None, None)
+        snap[key] = (*rec, _xattrs(os.fsdecode(full)))
+    snap.pop(".dockyard.lock", None)
+    return snap
 
 
 # ------------------------------------------------------------------------------------------------ independent check

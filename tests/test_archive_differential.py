@@ -305,6 +305,27 @@ def test_our_assemble_rebuilds_the_tar(sess: _Session, name: str) -> None:
     assert out.getvalue() == want, f"assemble: {n} bytes, expected {len(want)} (limited={limited})"
 
 
+SPARSE_CASES = [c.name for c in ac.CASES if "sparse" in c.name and c.expect_error is None]
+
+
+@pytest.mark.parametrize("name", SPARSE_CASES)
+def test_sparse_contents_match_python_tarfile(sess: _Session, name: str) -> None:
+    """Sparse entries hold their logical content (holes as zeros), as Python's tarfile reads it."""
+    o = _applied(sess, name)
+    seen = 0
+    with tarfile.open(o.tar, encoding="utf-8", errors="surrogateescape") as t:
+        for m in t:
+            if not m.isreg():
+                continue
+            f = t.extractfile(m)
+            assert f is not None
+            rel = ac.go_clean_rel(m.name.encode("utf-8", "surrogateescape"))
+            got = (o.dest / os.fsdecode(rel)).read_bytes()
+            assert got == f.read(), rel
+            seen += m.sparse is not None
+    assert seen, "no sparse member found"
+
+
 def test_the_limitations_are_exercised(sess: _Session) -> None:
     """The corpus does contain tars tar-split cannot rebuild (else the above prove less)."""
     limited = []

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import (
     FIXTURES,
     dy_cmd,
@@ -89,7 +90,7 @@ def test_concurrent_loads(scenario, round_, data_root):
     items = SCENARIOS[scenario]
     want_ids, want_chains, layer_recs = _expected(items)
     results = _start_together(items, data_root)
-    for (path, _), (rc, so, se) in zip(items, results):
+    for (path, _), (rc, so, se) in zip(items, results, strict=True):
         assert rc == 0, "load of %s failed while another load ran:\n%s\n%s" % (path.name, so, se)
         assert "Traceback" not in se
     # every image, every tag
@@ -119,7 +120,7 @@ def test_concurrent_loads(scenario, round_, data_root):
     assert sorted(overlay_dirs(data_root)) == sorted(caches), "overlay2 dirs != the layers' cache-ids (orphans?)"
     links = [read_text(data_root / "overlay2" / str(c) / "link") for c in caches]
     assert sorted(l_links(data_root)) == sorted(links), "overlay2/l links != one per layer"
-    for c, lk in zip(caches, links):
+    for c, lk in zip(caches, links, strict=True):
         assert os.readlink(data_root / "overlay2" / "l" / str(lk)) == "../%s/diff" % c
     assert layerdb_tmp_leftovers(data_root) == []
     # lower files only name existing links

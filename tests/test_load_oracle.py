@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from conftest import (
     FIXTURES,
     ORACLE_DIR,
+    assert_clean_error,
     chain_ids,
     diff_snapshots,
     image_ids,
@@ -610,3 +612,23 @@ def test_load_from_stdin(data_root):
     assert [ln for ln in p.stdout.splitlines() if ln.strip()] == o["load"]["stdout"]
     assert image_ids(data_root) == sorted(im["id"] for im in o["images"])
     assert layer_dirs(data_root) == sorted(c.split(":", 1)[1] for im in o["images"] for c in im["chain_ids"])
+
+
+def test_multi_platform_default_is_host(data_root):
+    """Without --platform a multi-platform index loads the host platform (linux/amd64 here)."""
+    import platform as _pf
+    if _pf.machine() not in ("x86_64", "amd64"):
+        pytest.skip("the expectation below is for an amd64 host")
+    o = load_oracle("fx-multi.oci")
+    (m,) = [m for m in o["oci"]["manifests"] if (m.get("platform") or {}).get("architecture") == "amd64"]
+    p = run_dy("load", "-i", FIXTURES / "oci" / "fx-multi.oci", root=data_root)
+    assert image_ids(data_root) == [m["config_digest"]]
+    assert [ln for ln in p.stdout.splitlines() if ln.strip()] == ["Loaded image: fx-multi:%s" % m["ref"]]
+
+
+def test_unknown_platform_is_a_clean_error(data_root):
+    p = run_dy("load", "-i", FIXTURES / "oci" / "fx-multi.oci", "--platform", "linux/s390x", root=data_root,
+               check=False)
+    line = assert_clean_error(p, "load --platform linux/s390x")
+    assert "s390x" in line
+    assert image_ids(data_root) == [] and layer_dirs(data_root) == [] and overlay_dirs(data_root) == []

@@ -168,15 +168,27 @@ def _go_template(fmt: str, row: dict[str, Any]) -> str:
 @cli.command("inspect")
 @click.argument("names", nargs=-1, required=True)
 @click.option("-f", "--format", "fmt", help="Go-template subset: {{.Id}}, {{json .}}.")
+@click.option("--type", "type_", type=click.Choice(["container", "image"]), help="Only this kind of object.")
 @pass_ctx
-def inspect_cmd(ctx: Context, names: tuple[str, ...], fmt: str | None) -> None:
-    """Display detailed information on one or more images."""
+def inspect_cmd(ctx: Context, names: tuple[str, ...], fmt: str | None, type_: str | None) -> None:
+    """Display detailed information on containers or images (containers first, as docker)."""
+    from dockyard.containers.lifecycle import Containers
     from dockyard.errors import NotFound
+    from dockyard.ops.containers import inspect_container
     from dockyard.ops.images import inspect_image
 
     out = []
     missing = []
+    mgr = Containers(ctx.store, exec_root=ctx.exec_root, runtime=ctx.runtime)
     for n in names:
+        if type_ in (None, "container"):
+            try:
+                out.append(inspect_container(mgr, mgr.resolve(n)))
+                continue
+            except NotFound:
+                if type_ == "container":
+                    missing.append(n)
+                    continue
         try:
             out.append(inspect_image(ctx.store, ctx.store.resolve_image(n)))
         except NotFound:

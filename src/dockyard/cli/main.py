@@ -26,9 +26,13 @@ def default_root() -> str:
 
 
 class Context:
-    def __init__(self, root: str, debug: bool) -> None:
+    def __init__(
+        self, root: str, debug: bool, exec_root: str | None = None, runtime: str | None = None
+    ) -> None:
         self.root = root
         self.debug = debug
+        self.exec_root = exec_root
+        self.runtime = runtime
         self._store: Any = None
 
     @property
@@ -56,19 +60,40 @@ class DockyardGroup(click.Group):
     default=None,
     help="Docker-layout data-root to use [env DOCKYARD_DATA_ROOT; default /var/lib/dockyard as root].",
 )
+@click.option(
+    "--exec-root",
+    "exec_root",
+    metavar="DIR",
+    default=None,
+    envvar="DOCKYARD_EXEC_ROOT",
+    help="Runtime state of running containers [default /run/dockyard/<hash of data-root>].",
+)
+@click.option("--runtime", default=None, envvar="DOCKYARD_RUNTIME", help="OCI runtime binary (runc or crun).")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
 @click.version_option(__version__, prog_name="dockyard")
 @click.pass_context
-def cli(ctx: click.Context, data_root: str | None, debug: bool) -> None:
+def cli(
+    ctx: click.Context, data_root: str | None, exec_root: str | None, runtime: str | None, debug: bool
+) -> None:
     """dockyard: Docker's image and container store, without a daemon."""
     os.umask(0o022)  # as dockerd does, so modes come out as Docker's
     if debug:
         os.environ["DOCKYARD_DEBUG"] = "1"
-    ctx.obj = Context(os.path.abspath(data_root or default_root()), debug)
+    ctx.obj = Context(
+        os.path.abspath(data_root or default_root()),
+        debug,
+        os.path.abspath(exec_root) if exec_root else None,
+        runtime,
+    )
 
 
 def main() -> None:
-    from dockyard.cli import commands_demo, commands_images, commands_system  # noqa: F401  (registers commands)
+    from dockyard.cli import (  # noqa: F401  (registers commands)
+        commands_containers,
+        commands_demo,
+        commands_images,
+        commands_system,
+    )
 
     debug = "--debug" in sys.argv
     try:

@@ -69,7 +69,12 @@ def setup(root: str) -> None:
                 os.mkdir(name, 0o755, dir_fd=pfd)
                 os.chown(name, 0, 0, dir_fd=pfd, follow_symlinks=False)
             elif kind == "file":
-                fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o755, dir_fd=pfd)
+                fd = os.open(
+                    name,
+                    os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o755,
+                    dir_fd=pfd,
+                )
                 try:
                     os.fchown(fd, 0, 0)
                 finally:

@@ -107,7 +107,9 @@ def parse_bind(spec: str) -> tuple[str, str, bool]:
     if mode not in ("ro", "rw"):
         raise InvalidInput(f"invalid mode {mode!r} in volume specification {spec!r}")
     if not os.path.isabs(src):
-        raise InvalidInput(f"invalid volume specification {spec!r}: only absolute host paths (bind mounts) are supported")
+        raise InvalidInput(
+            f"invalid volume specification {spec!r}: only absolute host paths (bind mounts) are supported"
+        )
     if not os.path.isabs(dst):
         raise InvalidInput(f"invalid volume specification {spec!r}: the container path must be absolute")
     return os.path.normpath(src), os.path.normpath(dst), mode == "rw"
@@ -117,7 +119,9 @@ class Containers:
     def __init__(self, store: Store, *, exec_root: str | None = None, runtime: str | None = None) -> None:
         self.store = store
         self.exec_root = exec_root or default_exec_root(store.root)
-        self.runtime = Runtime(runtime or os.environ.get("DOCKYARD_RUNTIME", "runc"), os.path.join(self.exec_root, "runtime"))
+        self.runtime = Runtime(
+            runtime or os.environ.get("DOCKYARD_RUNTIME", "runc"), os.path.join(self.exec_root, "runtime")
+        )
 
     # ------------------------------------------------------------------ records
     def dir(self, cid: str) -> str:
@@ -167,7 +171,11 @@ class Containers:
         for c in cfgs:
             if c.get("Name") == name:
                 return str(c["ID"])
-        hits = [str(c["ID"]) for c in cfgs if str(c["ID"]).startswith(ref)] if re.match(r"^[a-f0-9]+$", ref) else []
+        hits = (
+            [str(c["ID"]) for c in cfgs if str(c["ID"]).startswith(ref)]
+            if re.match(r"^[a-f0-9]+$", ref)
+            else []
+        )
         if len(hits) == 1:
             return hits[0]
         if len(hits) > 1:
@@ -216,7 +224,9 @@ class Containers:
             taken = {str(c.get("Name", "")).lstrip("/") for c in self.all()}
             if opts.name:
                 if not NAME_RE.match(opts.name):
-                    raise InvalidInput(f"Invalid container name ({opts.name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+                    raise InvalidInput(
+                        f"Invalid container name ({opts.name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                    )
                 if opts.name.lstrip("/") in taken:
                     other = self.resolve(opts.name)
                     raise Conflict(
@@ -237,11 +247,23 @@ class Containers:
                 src, dst, rw = parse_bind(b)
                 mounts[dst] = model.mount_point(src, dst, rw)
             record = model.container_record(
-                container_id=cid, created=now(), path=argv[0], args=argv[1:], config=merged,
-                image_id=image_id, name=name, network=opts.network, log_path=log_path, mount_points=mounts,
+                container_id=cid,
+                created=now(),
+                path=argv[0],
+                args=argv[1:],
+                config=merged,
+                image_id=image_id,
+                name=name,
+                network=opts.network,
+                log_path=log_path,
+                mount_points=mounts,
             )
-            hc = model.host_config(binds=opts.binds, network_mode=opts.network, auto_remove=opts.auto_remove,
-                                   read_only=opts.read_only)
+            hc = model.host_config(
+                binds=opts.binds,
+                network_mode=opts.network,
+                auto_remove=opts.auto_remove,
+                read_only=opts.read_only,
+            )
             self._write_container_dir(cid, record, hc)
         return cid
 
@@ -314,8 +336,12 @@ class Containers:
             _write_file(os.path.join(cdir, "hosts"), hosts, 0o644)
             resolv = _resolv_conf(hc.get("NetworkMode") == "host")
             _write_file(os.path.join(cdir, "resolv.conf"), resolv, 0o644)
-            atomic_write(os.path.join(cdir, "resolv.conf.hash"),
-                         ("sha256:" + hashlib.sha256(resolv).hexdigest()).encode(), 0o644, sync_dir=False)
+            atomic_write(
+                os.path.join(cdir, "resolv.conf.hash"),
+                ("sha256:" + hashlib.sha256(resolv).hexdigest()).encode(),
+                0o644,
+                sync_dir=False,
+            )
             makedirs(os.path.join(cdir, "mounts"), 0o710)
             log_path = os.path.join(cdir, f"{cid}-json.log")
             if not os.path.exists(log_path):
@@ -334,17 +360,29 @@ class Containers:
                 if not os.path.exists(src):
                     os.makedirs(src, 0o755, exist_ok=True)
                 binds.append((src, dst, rw))
-            env = merge_env([f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}"] + (["TERM=xterm"] if c.get("Tty") else []),
-                            list(c.get("Env") or []))
+            env = merge_env(
+                [f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}"] + (["TERM=xterm"] if c.get("Tty") else []),
+                list(c.get("Env") or []),
+            )
             spec = build_spec(
-                rootfs=rootfs, args=[str(cfg["Path"]), *[str(a) for a in cfg.get("Args") or []]], env=env,
-                cwd=workdir, user=user, hostname=hostname, tty=bool(c.get("Tty")),
-                read_only=bool(hc.get("ReadonlyRootfs")), network_mode=str(hc.get("NetworkMode") or "none"),
-                container_dir=cdir, binds=binds, cgroups_path=f"/dockyard/{cid}",
+                rootfs=rootfs,
+                args=[str(cfg["Path"]), *[str(a) for a in cfg.get("Args") or []]],
+                env=env,
+                cwd=workdir,
+                user=user,
+                hostname=hostname,
+                tty=bool(c.get("Tty")),
+                read_only=bool(hc.get("ReadonlyRootfs")),
+                network_mode=str(hc.get("NetworkMode") or "none"),
+                container_dir=cdir,
+                binds=binds,
+                cgroups_path=f"/dockyard/{cid}",
             )
             bundle = os.path.join(self.exec_root, cid)
             os.makedirs(bundle, mode=0o711, exist_ok=True)
-            atomic_write(os.path.join(bundle, "config.json"), gojson.marshal(spec).encode(), 0o600, sync_dir=False)
+            atomic_write(
+                os.path.join(bundle, "config.json"), gojson.marshal(spec).encode(), 0o600, sync_dir=False
+            )
         return cfg, hc
 
     def monitor(
@@ -376,8 +414,18 @@ class Containers:
                 sock_path = os.path.join(bundle, "console.sock")
                 console_sock = _console_socket(sock_path)
                 proc = subprocess.run(
-                    self.runtime.cmd("create", "--bundle", bundle, "--pid-file", pid_file, "--console-socket", sock_path, cid),
-                    stdin=subprocess.DEVNULL, capture_output=True,
+                    self.runtime.cmd(
+                        "create",
+                        "--bundle",
+                        bundle,
+                        "--pid-file",
+                        pid_file,
+                        "--console-socket",
+                        sock_path,
+                        cid,
+                    ),
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
                 )
                 if proc.returncode != 0:
                     raise DockyardError(_runtime_error(proc.stderr))
@@ -391,7 +439,9 @@ class Containers:
                     in_r, in_w = os.pipe()
                 proc = subprocess.run(
                     self.runtime.cmd("create", "--bundle", bundle, "--pid-file", pid_file, cid),
-                    stdin=in_r if in_r >= 0 else subprocess.DEVNULL, stdout=out_w, stderr=err_w,
+                    stdin=in_r if in_r >= 0 else subprocess.DEVNULL,
+                    stdout=out_w,
+                    stderr=err_w,
                 )
                 os.close(out_w)
                 os.close(err_w)
@@ -405,8 +455,9 @@ class Containers:
                 fds[out_r] = "stdout"
                 fds[err_r] = "stderr"
             pid = int(read_text(pid_file).strip())
-            self.update_state(cid, Running=True, Pid=pid, StartedAt=now(), ExitCode=0, Error="",
-                              FinishedAt=model.ZERO_TIME)
+            self.update_state(
+                cid, Running=True, Pid=pid, StartedAt=now(), ExitCode=0, Error="", FinishedAt=model.ZERO_TIME
+            )
             cfg2 = self.load(cid)
             cfg2["HasBeenStartedBefore"] = True
             self.save(cid, cfg2)
@@ -432,10 +483,26 @@ class Containers:
         self._finish(cid, code)
         return code
 
-    def _pump(self, pid: int, fds: dict[int, str], log: JsonFileWriter, attach: bool, stdin: bool, in_w: int,
-              master: int, tty_mode: bool) -> int:
+    def _pump(
+        self,
+        pid: int,
+        fds: dict[int, str],
+        log: JsonFileWriter,
+        attach: bool,
+        stdin: bool,
+        in_w: int,
+        master: int,
+        tty_mode: bool,
+    ) -> int:
         """Copy output to the log (and terminal) until the container's init exits."""
-        forwarded = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2]
+        forwarded = [
+            signal.SIGINT,
+            signal.SIGTERM,
+            signal.SIGHUP,
+            signal.SIGQUIT,
+            signal.SIGUSR1,
+            signal.SIGUSR2,
+        ]
         old_handlers: dict[int, Any] = {}
         if attach and not tty_mode:
             for s in forwarded:
@@ -597,8 +664,13 @@ class Containers:
                         self.store.driver.put(mid)
                     if running:
                         cfg = self.load(cid)
-                        cfg["State"].update(Running=False, Pid=0, ExitCode=137, FinishedAt=now(),
-                                            Error="the process watching the container died")
+                        cfg["State"].update(
+                            Running=False,
+                            Pid=0,
+                            ExitCode=137,
+                            FinishedAt=now(),
+                            Error="the process watching the container died",
+                        )
                         self.save(cid, cfg)
                     shutil.rmtree(os.path.join(self.exec_root, cid), ignore_errors=True)
                     if self.hostconfig(cid).get("AutoRemove"):
@@ -746,7 +818,11 @@ def _resolv_conf(host_network: bool) -> bytes:
     lines = []
     for line in data.decode("utf-8", "replace").splitlines():
         parts = line.split()
-        if len(parts) >= 2 and parts[0] == "nameserver" and (parts[1].startswith("127.") or parts[1] == "::1"):
+        if (
+            len(parts) >= 2
+            and parts[0] == "nameserver"
+            and (parts[1].startswith("127.") or parts[1] == "::1")
+        ):
             continue
         lines.append(line)
     if not any(x.split()[:1] == ["nameserver"] for x in lines if x.strip()):
@@ -824,4 +900,4 @@ def _recv_fd(sock: socket.socket) -> int:
     return fds[0]
 
 
-__all__ = ["CreateOptions", "Containers", "parse_bind", "remove_tree"]
+__all__ = ["Containers", "CreateOptions", "parse_bind", "remove_tree"]

@@ -74,4 +74,6 @@ def read_entries(path: str) -> Iterator[LogEntry]:
                 obj = json.loads(line)
             except ValueError:
                 continue
-            yield LogEntry(str(obj.get("stream", "stdout")), str(obj.get("log", "")), str(obj.get("time", "")))
+            yield LogEntry(
+                str(obj.get("stream", "stdout")), str(obj.get("log", "")), str(obj.get("time", ""))
+            )

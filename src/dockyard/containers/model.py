@@ -18,8 +18,16 @@ from dockyard.ops.images import container_config
 ZERO_TIME = gojson.ZERO_TIME
 
 MASKED_PATHS = [
-    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
 ]
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 
@@ -88,7 +96,12 @@ def mount_point(source: str, destination: str, rw: bool) -> dict[str, Any]:
         "Driver": "",
         "Type": "bind",
         "Propagation": "rprivate",
-        "Spec": {"Type": "bind", "Source": source, "Target": destination, **({} if rw else {"ReadOnly": True})},
+        "Spec": {
+            "Type": "bind",
+            "Source": source,
+            "Target": destination,
+            **({} if rw else {"ReadOnly": True}),
+        },
         "SkipMountpointCreation": False,
     }
 
@@ -140,8 +153,14 @@ def container_record(
     }
 
 
-def host_config(*, binds: list[str] | None, network_mode: str, auto_remove: bool, read_only: bool,
-                privileged: bool = False) -> dict[str, Any]:
+def host_config(
+    *,
+    binds: list[str] | None,
+    network_mode: str,
+    auto_remove: bool,
+    read_only: bool,
+    privileged: bool = False,
+) -> dict[str, Any]:
     return {
         "Binds": binds or None,
         "ContainerIDFile": "",

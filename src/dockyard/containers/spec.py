@@ -20,14 +20,30 @@ from dockyard.errors import DockyardError
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 DEFAULT_CAPS = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
-    "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
     "CAP_AUDIT_WRITE",
 ]
 
 
-def _dev_rule(allow: bool, typ: str | None = None, major: int | None = None, minor: int | None = None,
-              access: str = "rwm") -> dict[str, Any]:
+def _dev_rule(
+    allow: bool,
+    typ: str | None = None,
+    major: int | None = None,
+    minor: int | None = None,
+    access: str = "rwm",
+) -> dict[str, Any]:
     r: dict[str, Any] = {"allow": allow}
     if typ:
         r["type"] = typ
@@ -41,16 +57,16 @@ def _dev_rule(allow: bool, typ: str | None = None, major: int | None = None, min
 
 DEFAULT_DEVICE_RULES = [
     _dev_rule(False),
-    _dev_rule(True, "c", 1, 5),    # /dev/zero
-    _dev_rule(True, "c", 1, 3),    # /dev/null
-    _dev_rule(True, "c", 1, 9),    # /dev/urandom
-    _dev_rule(True, "c", 1, 8),    # /dev/random
-    _dev_rule(True, "c", 5, 0),    # /dev/tty
-    _dev_rule(True, "c", 5, 1),    # /dev/console
+    _dev_rule(True, "c", 1, 5),  # /dev/zero
+    _dev_rule(True, "c", 1, 3),  # /dev/null
+    _dev_rule(True, "c", 1, 9),  # /dev/urandom
+    _dev_rule(True, "c", 1, 8),  # /dev/random
+    _dev_rule(True, "c", 5, 0),  # /dev/tty
+    _dev_rule(True, "c", 5, 1),  # /dev/console
     _dev_rule(True, "c", 10, 229),  # /dev/fuse
-    _dev_rule(True, "c", 5, 2),    # /dev/ptmx
+    _dev_rule(True, "c", 5, 2),  # /dev/ptmx
     _dev_rule(True, "c", 136, None),  # /dev/pts/*
-    _dev_rule(True, "c", 1, 7),    # /dev/full
+    _dev_rule(True, "c", 1, 7),  # /dev/full
     _dev_rule(False, "c", 10, 200),  # /dev/net/tun (denied, as docker does)
 ]
 
@@ -146,16 +162,42 @@ def build_spec(
 ) -> dict[str, Any]:
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-         "options": ["ro", "nosuid", "noexec", "nodev"]},
-        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=67108864"]},
+        {
+            "destination": "/dev",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+        },
+        {
+            "destination": "/dev/pts",
+            "type": "devpts",
+            "source": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        },
+        {
+            "destination": "/sys",
+            "type": "sysfs",
+            "source": "sysfs",
+            "options": ["nosuid", "noexec", "nodev", "ro"],
+        },
+        {
+            "destination": "/sys/fs/cgroup",
+            "type": "cgroup",
+            "source": "cgroup",
+            "options": ["ro", "nosuid", "noexec", "nodev"],
+        },
+        {
+            "destination": "/dev/mqueue",
+            "type": "mqueue",
+            "source": "mqueue",
+            "options": ["nosuid", "noexec", "nodev"],
+        },
+        {
+            "destination": "/dev/shm",
+            "type": "tmpfs",
+            "source": "shm",
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=67108864"],
+        },
     ]
     file_binds = [
         ("/etc/resolv.conf", os.path.join(container_dir, "resolv.conf")),
@@ -166,7 +208,9 @@ def build_spec(
     extra = []
     for dest, src in file_binds:
         if dest not in user_dests:
-            extra.append({"destination": dest, "type": "bind", "source": src, "options": ["rbind", "rprivate"]})
+            extra.append(
+                {"destination": dest, "type": "bind", "source": src, "options": ["rbind", "rprivate"]}
+            )
     for src, dest, rw in binds:
         opts = ["rbind"] + ([] if rw else ["ro"]) + ["rprivate"]
         extra.append({"destination": dest, "type": "bind", "source": src, "options": opts})
@@ -178,11 +222,17 @@ def build_spec(
     namespaces += [{"type": "uts"}, {"type": "pid"}, {"type": "ipc"}]
     process: dict[str, Any] = {
         "terminal": tty,
-        "user": {"uid": user.uid, "gid": user.gid, **({"additionalGids": user.additional_gids} if user.additional_gids else {})},
+        "user": {
+            "uid": user.uid,
+            "gid": user.gid,
+            **({"additionalGids": user.additional_gids} if user.additional_gids else {}),
+        },
         "args": args,
         "env": env,
         "cwd": cwd or "/",
-        "capabilities": {k: list(DEFAULT_CAPS) for k in ("bounding", "effective", "inheritable", "permitted")},
+        "capabilities": {
+            k: list(DEFAULT_CAPS) for k in ("bounding", "effective", "inheritable", "permitted")
+        },
         "oomScoreAdj": 0,
     }
     return {

@@ -186,7 +186,12 @@ def _mount(source: str, target: str, fstype: str, data: str, flags: int = 0) -> 
     import ctypes
 
     libc = _libc()
-    if libc.mount(source.encode(), os.fsencode(target), fstype.encode(), ctypes.c_ulong(flags), data.encode()) != 0:
+    if (
+        libc.mount(
+            source.encode(), os.fsencode(target), fstype.encode(), ctypes.c_ulong(flags), data.encode()
+        )
+        != 0
+    ):
         err = ctypes.get_errno()
         raise DriverError(f"mount of {target} failed: {os.strerror(err)}")
 

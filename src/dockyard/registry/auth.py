@@ -194,10 +194,16 @@ class Authenticator:
         except (httpx.InvalidURL, TypeError):
             url = None
         if url is None or url.scheme not in ("http", "https") or not url.host:
-            raise AuthError(f"{self._client.name}: invalid token realm {realm!r} in the authentication challenge")
+            raise AuthError(
+                f"{self._client.name}: invalid token realm {realm!r} in the authentication challenge"
+            )
         if c is not None and c.identity_token:
-            form = {"grant_type": "refresh_token", "refresh_token": c.identity_token,
-                    "client_id": CLIENT_ID, "access_type": "offline" if offline else "online"}
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": c.identity_token,
+                "client_id": CLIENT_ID,
+                "access_type": "offline" if offline else "online",
+            }
             if ch.service:
                 form["service"] = ch.service
             if scopes:
@@ -213,7 +219,9 @@ class Authenticator:
         headers = {}
         sent = False
         if c is not None and c.has_basic:
-            headers["Authorization"] = "Basic " + base64.b64encode(f"{c.username}:{c.password}".encode()).decode()
+            headers["Authorization"] = (
+                "Basic " + base64.b64encode(f"{c.username}:{c.password}".encode()).decode()
+            )
             sent = True
             if offline:
                 params += [("offline_token", "true"), ("client_id", CLIENT_ID)]
@@ -231,12 +239,15 @@ class Authenticator:
                 detail = _token_error_detail(body) or "incorrect username or password"
                 raise AuthError(f"{name}: unauthorized: {detail}", status=resp.status_code)
             detail = _token_error_detail(body) or "authentication required"
-            raise AuthError(f"{name}: unauthorized: {detail} (no credentials for {name}; log in first)",
-                            status=resp.status_code)
+            raise AuthError(
+                f"{name}: unauthorized: {detail} (no credentials for {name}; log in first)",
+                status=resp.status_code,
+            )
         if resp.status_code != 200:
             detail = _token_error_detail(body)
             raise AuthError(
-                f"{name}: token server {realm} returned HTTP {resp.status_code}" + (f": {detail}" if detail else ""),
+                f"{name}: token server {realm} returned HTTP {resp.status_code}"
+                + (f": {detail}" if detail else ""),
                 status=resp.status_code,
             )
         try:

@@ -295,7 +295,9 @@ class RegistryClient:
         ctx = make_ssl_context(ep.verify, certs)
         # like Go's ProxyFromEnvironment: never proxy loopback hosts
         no_proxy: dict[str, httpx.BaseTransport | None] = {
-            "all://localhost": None, "all://127.0.0.1": None, "all://[::1]": None,
+            "all://localhost": None,
+            "all://127.0.0.1": None,
+            "all://[::1]": None,
         }
         if self.registry.is_loopback:
             h = self.registry.host
@@ -416,7 +418,12 @@ class RegistryClient:
         body: Any = content() if callable(content) else content
         for _ in range(MAX_REDIRECTS + 1):
             req = http.build_request(
-                method, target, headers=hdrs, content=body, params=list(params) if params else None, data=data,
+                method,
+                target,
+                headers=hdrs,
+                content=body,
+                params=list(params) if params else None,
+                data=data,
                 timeout=httpx.Timeout(timeout) if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
             resp = http.send(req, stream=True)
@@ -454,8 +461,16 @@ class RegistryClient:
         reauthed = False
         while True:
             try:
-                resp = self._send_once(method, url, headers=headers, content=content, params=params, data=data,
-                                       scopes=scopes, follow=follow)
+                resp = self._send_once(
+                    method,
+                    url,
+                    headers=headers,
+                    content=content,
+                    params=params,
+                    data=data,
+                    scopes=scopes,
+                    follow=follow,
+                )
             except httpx.TransportError as e:
                 if retry and backoff.sleep():
                     continue
@@ -486,7 +501,11 @@ class RegistryClient:
             auth.invalidate(scopes)
             return True
         # Basic: helps only if we did not send credentials before and have some now
-        return (old is None or old.scheme != "basic") and auth.credentials is not None and auth.credentials.has_basic
+        return (
+            (old is None or old.scheme != "basic")
+            and auth.credentials is not None
+            and auth.credentials.has_basic
+        )
 
     def _token_request(
         self,
@@ -498,8 +517,15 @@ class RegistryClient:
         data: dict[str, str] | None = None,
     ) -> httpx.Response:
         """A request to a token server (used by :class:`~dockyard.registry.auth.Authenticator`)."""
-        return self._send(method, url, what=f"{self.name}: token server {url}", params=params, headers=headers,
-                          data=data, follow=True)
+        return self._send(
+            method,
+            url,
+            what=f"{self.name}: token server {url}",
+            params=params,
+            headers=headers,
+            data=data,
+            follow=True,
+        )
 
     # ------------------------------------------------------------------ errors
     def _transport_error(self, e: httpx.TransportError, what: str, url: str = "") -> RegistryError:
@@ -512,8 +538,10 @@ class RegistryClient:
             if isinstance(cause, ssl.SSLError) or "SSL" in reason or "CERTIFICATE" in reason:
                 hint = ""
                 if "CERTIFICATE_VERIFY_FAILED" in reason:
-                    hint = (f"; add the registry's CA certificate to {self.certs_dir or DEFAULT_CERTS_DIR}/"
-                            f"{self.registry.name}/ca.crt or list it as an insecure registry")
+                    hint = (
+                        f"; add the registry's CA certificate to {self.certs_dir or DEFAULT_CERTS_DIR}/"
+                        f"{self.registry.name}/ca.crt or list it as an insecure registry"
+                    )
                 return RegistryError(f"{what}: TLS handshake with {self.name} failed{where}: {reason}{hint}")
             return RegistryError(f"{what}: cannot connect to {self.name}{where}: {reason}")
         return RegistryError(f"{what}: connection to {self.name} failed{where}: {reason}")
@@ -607,8 +635,15 @@ class RegistryClient:
         headers = {"Accept": ", ".join(accept)} if accept else {}
         backoff = self._new_backoff()
         while True:
-            resp = self._send("GET", url, what=what, headers=headers, scopes=self._scopes(repo), follow=True,
-                              backoff=backoff)
+            resp = self._send(
+                "GET",
+                url,
+                what=what,
+                headers=headers,
+                scopes=self._scopes(repo),
+                follow=True,
+                backoff=backoff,
+            )
             if resp.status_code != 200:
                 raise self._error(resp, what)
             try:
@@ -646,7 +681,9 @@ class RegistryClient:
             h.update(raw)
             got = reference.split(":", 1)[0] + ":" + h.hexdigest()
             if got != reference:
-                raise DigestMismatch(f"{what}: manifest digest mismatch: the registry sent content with digest {got}")
+                raise DigestMismatch(
+                    f"{what}: manifest digest mismatch: the registry sent content with digest {got}"
+                )
             return reference
         if header and header.startswith("sha256:") and header.strip() != computed:
             raise DigestMismatch(
@@ -685,8 +722,14 @@ class RegistryClient:
         if is_digest_reference(reference) and reference.startswith("sha256:") and reference != computed:
             raise DigestMismatch(f"{what}: the manifest's digest is {computed}")
         url = self._url(f"/v2/{repo}/manifests/{reference}")
-        resp = self._send("PUT", url, what=what, headers={"Content-Type": media_type}, content=bytes(raw),
-                          scopes=self._scopes(repo, push=True))
+        resp = self._send(
+            "PUT",
+            url,
+            what=what,
+            headers={"Content-Type": media_type},
+            content=bytes(raw),
+            scopes=self._scopes(repo, push=True),
+        )
         try:
             if resp.status_code not in (200, 201, 202, 204):
                 raise self._error(resp, what)
@@ -694,7 +737,9 @@ class RegistryClient:
         finally:
             resp.close()
         if header.startswith("sha256:") and header != computed:
-            raise DigestMismatch(f"{what}: the registry stored the manifest as {header}, its digest is {computed}")
+            raise DigestMismatch(
+                f"{what}: the registry stored the manifest as {header}, its digest is {computed}"
+            )
         return computed
 
     # ------------------------------------------------------------------ blobs: read
@@ -703,8 +748,14 @@ class RegistryClient:
         self._check_repo(repo)
         self._check_digest(repo, digest)
         what = f"{self.name}/{repo}@{digest}"
-        resp = self._send("HEAD", self._url(f"/v2/{repo}/blobs/{digest}"), what=what,
-                          headers={"Accept-Encoding": "identity"}, scopes=self._scopes(repo), follow=True)
+        resp = self._send(
+            "HEAD",
+            self._url(f"/v2/{repo}/blobs/{digest}"),
+            what=what,
+            headers={"Accept-Encoding": "identity"},
+            scopes=self._scopes(repo),
+            follow=True,
+        )
         try:
             if resp.status_code == 404:
                 return None
@@ -733,8 +784,17 @@ class RegistryClient:
         if size is not None and total is not None and total != size:
             resp.close()
             raise BlobTransferError(f"{what}: the registry reports {total} bytes, expected {size}")
-        return BlobResponse(self, repo, digest, resp, start=start, requested=offset,
-                            size=total if total is not None else size, verify=verify, backoff=backoff)
+        return BlobResponse(
+            self,
+            repo,
+            digest,
+            resp,
+            start=start,
+            requested=offset,
+            size=total if total is not None else size,
+            verify=verify,
+            backoff=backoff,
+        )
 
     def _blob_request(
         self, repo: str, digest: str, offset: int, backoff: Backoff
@@ -745,8 +805,9 @@ class RegistryClient:
         if offset:
             headers["Range"] = f"bytes={offset}-"
         url = self._url(f"/v2/{repo}/blobs/{digest}")
-        resp = self._send("GET", url, what=what, headers=headers, scopes=self._scopes(repo), follow=True,
-                          backoff=backoff)
+        resp = self._send(
+            "GET", url, what=what, headers=headers, scopes=self._scopes(repo), follow=True, backoff=backoff
+        )
         cl = resp.headers.get("content-length")
         length = int(cl) if cl is not None and cl.isdigit() else None
         if resp.status_code == 200:
@@ -763,13 +824,19 @@ class RegistryClient:
             total = int(m.group(3)) if m.group(3) != "*" else None
             if start != offset:
                 resp.close()
-                raise BlobTransferError(f"{what}: asked for bytes from {offset}, the registry sent them from {start}")
+                raise BlobTransferError(
+                    f"{what}: asked for bytes from {offset}, the registry sent them from {start}"
+                )
             if length is not None and length != end - start + 1:
                 resp.close()
                 raise BlobTransferError(
                     f"{what}: Content-Length {length} does not match Content-Range bytes {start}-{end}"
                 )
-            return resp, start, total if total is not None else (end + 1 if length is None else start + length)
+            return (
+                resp,
+                start,
+                total if total is not None else (end + 1 if length is None else start + length),
+            )
         if resp.status_code == 416 and offset:
             m = _UNSATISFIED_RANGE_RE.match(resp.headers.get("content-range", ""))
             if m and int(m.group(1)) == offset:
@@ -784,9 +851,15 @@ class RegistryClient:
         self._check_digest(repo, digest)
         what = f"{self.name}/{repo}@{digest}"
         scopes = [*self._scopes(repo, push=True), scope_for(from_repo, ["pull"])]
-        resp = self._send("POST", self._url(f"/v2/{repo}/blobs/uploads/"), what=what,
-                          params=[("mount", digest), ("from", from_repo)], headers={"Content-Length": "0"},
-                          content=b"", scopes=scopes)
+        resp = self._send(
+            "POST",
+            self._url(f"/v2/{repo}/blobs/uploads/"),
+            what=what,
+            params=[("mount", digest), ("from", from_repo)],
+            headers={"Content-Length": "0"},
+            content=b"",
+            scopes=scopes,
+        )
         try:
             if resp.status_code == 201:
                 got = (resp.headers.get("docker-content-digest") or "").strip()
@@ -832,8 +905,11 @@ class RegistryClient:
             except _Transient as t:
                 self._cancel_upload(location, repo)
                 if not source.can_restart:
-                    raise RegistryError(f"{t.error} (the blob's source cannot be read again to retry)",
-                                        status=t.error.status, codes=t.error.codes) from None
+                    raise RegistryError(
+                        f"{t.error} (the blob's source cannot be read again to retry)",
+                        status=t.error.status,
+                        codes=t.error.codes,
+                    ) from None
                 if not backoff.sleep(t.retry_after):
                     raise t.error from None
             except BaseException:
@@ -842,8 +918,15 @@ class RegistryClient:
 
     def _start_upload(self, repo: str, what: str, backoff: Backoff) -> httpx.URL:
         url = self._url(f"/v2/{repo}/blobs/uploads/")
-        resp = self._send("POST", url, what=what, headers={"Content-Length": "0"}, content=b"",
-                          scopes=self._scopes(repo, push=True), backoff=backoff)
+        resp = self._send(
+            "POST",
+            url,
+            what=what,
+            headers={"Content-Length": "0"},
+            content=b"",
+            scopes=self._scopes(repo, push=True),
+            backoff=backoff,
+        )
         try:
             if resp.status_code != 202:
                 raise self._error(resp, f"{what}: starting the upload")
@@ -857,8 +940,9 @@ class RegistryClient:
     def _cancel_upload(self, location: httpx.URL, repo: str) -> None:
         """DELETE an upload session; failures are ignored."""
         try:
-            resp = self._send_once("DELETE", location, scopes=self._scopes(repo, push=True),
-                                   timeout=min(self.timeout, 10.0))
+            resp = self._send_once(
+                "DELETE", location, scopes=self._scopes(repo, push=True), timeout=min(self.timeout, 10.0)
+            )
             resp.close()
         except (httpx.HTTPError, RegistryError):
             pass
@@ -884,8 +968,9 @@ class RegistryClient:
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
         gen = body()
         try:
-            resp = self._send_once("PUT", url, headers=headers, content=lambda: gen,
-                                   scopes=self._scopes(repo, push=True))
+            resp = self._send_once(
+                "PUT", url, headers=headers, content=lambda: gen, scopes=self._scopes(repo, push=True)
+            )
         except httpx.TransportError as e:
             raise _Transient(self._transport_error(e, what)) from None
         finally:
@@ -925,8 +1010,9 @@ class RegistryClient:
             raise BlobTransferError(f"{what}: the blob has {offset} bytes, {size} declared")
         url = location.copy_merge_params({"digest": digest})
         try:
-            resp = self._send_once("PUT", url, headers={"Content-Length": "0"}, content=b"",
-                                   scopes=self._scopes(repo, push=True))
+            resp = self._send_once(
+                "PUT", url, headers={"Content-Length": "0"}, content=b"", scopes=self._scopes(repo, push=True)
+            )
         except httpx.TransportError as e:
             if self.blob_exists(repo, digest) == size:
                 return  # the PUT went through; its answer was lost
@@ -946,8 +1032,9 @@ class RegistryClient:
             }
             failure: _Transient
             try:
-                resp = self._send_once("PATCH", location, headers=headers, content=piece,
-                                       scopes=self._scopes(repo, push=True))
+                resp = self._send_once(
+                    "PATCH", location, headers=headers, content=piece, scopes=self._scopes(repo, push=True)
+                )
             except httpx.TransportError as e:
                 failure = _Transient(self._transport_error(e, what))
             else:
@@ -960,14 +1047,14 @@ class RegistryClient:
                 failure = self._transient_from(resp, what)
             if not backoff.sleep(failure.retry_after):
                 raise failure.error
-            stored, location = self._upload_status(repo, location, what, failure)
+            stored, location = self._upload_status(repo, location, offset, what, failure)
             if stored == end:
                 return location  # the chunk arrived; only the answer was lost
             if stored != offset:
                 raise failure
 
     def _upload_status(
-        self, repo: str, location: httpx.URL, what: str, failure: _Transient
+        self, repo: str, location: httpx.URL, offset: int, what: str, failure: _Transient
     ) -> tuple[int, httpx.URL]:
         """Bytes stored so far in an upload session (from ``GET <location>``'s ``Range``)."""
         try:
@@ -980,6 +1067,8 @@ class RegistryClient:
             rng = resp.headers.get("range", "")
             m = re.match(r"^\s*(?:bytes=)?(\d+)-(\d+)\s*$", rng)
             stored = int(m.group(2)) + 1 if m else 0
+            if stored == 1 and offset == 0:
+                stored = 0  # distribution says "0-0" for an empty upload as well as for one byte
             loc = resp.headers.get("location")
             return stored, (resp.request.url.join(loc) if loc else location)
         finally:
@@ -1148,7 +1237,9 @@ class BlobResponse:
                         if not chunk:
                             continue
                         if size is not None and self.position + len(chunk) > size:
-                            raise BlobTransferError(f"{self._what}: the registry sent more than the {size} bytes")
+                            raise BlobTransferError(
+                                f"{self._what}: the registry sent more than the {size} bytes"
+                            )
                         self.position += len(chunk)
                         if hasher is not None:
                             hasher.update(chunk)
@@ -1165,8 +1256,9 @@ class BlobResponse:
                         raise BlobTransferError(
                             f"{self._what}: download broken after {got} bytes: {e or type(e).__name__}"
                         ) from None
-                    resp, start, total = self._client._blob_request(self.repo, self.digest, self.position,
-                                                                    self._backoff)
+                    resp, start, total = self._client._blob_request(
+                        self.repo, self.digest, self.position, self._backoff
+                    )
                     self._resp = resp
                     self.resumes += 1
                     if size is not None and total is not None and total != size:

@@ -230,7 +230,9 @@ class CredentialStore:
                 raise CredentialError(f"invalid auth for {key} in {self.config_path}") from None
             user, sep, pw = decoded.partition(":")
             if not sep:
-                raise CredentialError(f"invalid auth for {key} in {self.config_path}: no ':' in the decoded value")
+                raise CredentialError(
+                    f"invalid auth for {key} in {self.config_path}: no ':' in the decoded value"
+                )
             username, password = user, pw.strip("\x00")
         token = str(entry.get("identitytoken") or "")
         creds = Credentials(username, password, token)
@@ -258,8 +260,15 @@ class CredentialStore:
             auths = {}
         old = auths.get(key)
         if isinstance(old, dict) and isinstance(old.get("email"), str) and old["email"]:
-            entry = {k: v for k, v in (("auth", entry.get("auth")), ("email", old["email"]),
-                                        ("identitytoken", entry.get("identitytoken"))) if v}
+            entry = {
+                k: v
+                for k, v in (
+                    ("auth", entry.get("auth")),
+                    ("email", old["email"]),
+                    ("identitytoken", entry.get("identitytoken")),
+                )
+                if v
+            }
         auths[key] = entry
         cfg = _with_auths(cfg, auths)
         self._save(cfg)
@@ -326,10 +335,18 @@ class CredentialStore:
                 f"credential helper {prog} (configured in {self.config_path}) not found in $PATH"
             )
         try:
-            return subprocess.run([exe, action], input=stdin, capture_output=True, text=True,
-                                  timeout=HELPER_TIMEOUT, check=False)
+            return subprocess.run(
+                [exe, action],
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=HELPER_TIMEOUT,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
-            raise CredentialError(f"credential helper {prog} {action} timed out after {HELPER_TIMEOUT:.0f}s") from None
+            raise CredentialError(
+                f"credential helper {prog} {action} timed out after {HELPER_TIMEOUT:.0f}s"
+            ) from None
         except OSError as e:
             raise CredentialError(f"cannot run credential helper {prog}: {e.strerror}") from None
 
@@ -348,7 +365,9 @@ class CredentialStore:
         try:
             data = json.loads(p.stdout)
         except ValueError:
-            raise CredentialError(f"credential helper {HELPER_PREFIX}{helper} printed invalid JSON for {key}") from None
+            raise CredentialError(
+                f"credential helper {HELPER_PREFIX}{helper} printed invalid JSON for {key}"
+            ) from None
         if not isinstance(data, dict):
             raise CredentialError(f"credential helper {HELPER_PREFIX}{helper} printed invalid JSON for {key}")
         user = str(data.get("Username") or "")
