@@ -571,6 +571,18 @@ def _raw_global() -> bytes:
     return t + END
 
 
+def _raw_star_bad_ctime() -> bytes:
+    """Go parses a STAR header's ctime with the header parser: non-octal -> ErrHeader."""
+    return entry(header(b"f", fmt="star", size=1, star_ctime=b"zzzzzzzzzzz\x00"), b"x") + END
+
+
+def _raw_sparse_missing_data() -> bytes:
+    """A sparse map that references more data than the entry holds (Go: errMissData)."""
+    t = pax_entry([(b"GNU.sparse.major", b"0"), (b"GNU.sparse.minor", b"1"), (b"GNU.sparse.size", b"2048"),
+                   (b"GNU.sparse.numblocks", b"1"), (b"GNU.sparse.map", b"0,1024")])
+    return t + entry(header(b"sp", size=512), b"A" * 512) + entry(header(b"next", size=3), b"nxt") + END
+
+
 def _raw_dup() -> bytes:
     return entry(header(b"a", size=1), b"1") + entry(header(b"./a", size=1), b"2") + END
 
@@ -608,8 +620,8 @@ class Case:
     make: Callable[[Path, Path], None]  # (out tar, workdir)
     gnu_compare: bool = True  # compare our extraction with GNU tar's
     needs_gnu: bool = False  # GNU tar makes it
-    expect_error: str | None = None  # our apply must raise LayerError matching this
-    cli_rejects: bool = False  # tar-split disasm refuses it too
+    expect_error: str | None = None  # our apply must raise LayerError matching this (regex)
+    cli_error: str | None = None  # tar-split disasm refuses it too, with this message
     whiteouts: bool = False
 
 
@@ -719,7 +731,11 @@ CASES: list[Case] = [
     # GNU tar insists on the whole last block ("Unexpected EOF"); Go reads the data and stops.
     Case("raw-truncated-final-padding", _bytes(_truncated_padding), gnu_compare=False),
     Case("raw-duplicate-paths", _bytes(_raw_dup), gnu_compare=False,
-         expect_error=r"duplicates of file paths not supported", cli_rejects=True),
+         expect_error=r"duplicates of file paths not supported", cli_error="duplicates of file paths not supported"),
+    Case("raw-star-invalid-ctime", _bytes(_raw_star_bad_ctime), gnu_compare=False,
+         expect_error=r"invalid tar header", cli_error="archive/tar: invalid tar header"),
+    Case("raw-sparse-missing-data", _bytes(_raw_sparse_missing_data), gnu_compare=False,
+         expect_error=r"", cli_error="sparse file references non-existent data"),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
 

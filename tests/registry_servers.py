@@ -270,6 +270,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.owner.log.append(req)
         try:
             self.server.owner.app(req)
+        except (ConnectionError, ssl.SSLError):  # the client hung up (often on purpose)
+            self.close_connection = True
+            return
         except Exception as e:  # a bug in a test app: answer 500 and remember it
             self.server.owner.app_errors.append(e)
             if not req.answered:

@@ -225,6 +225,9 @@ def _run_case_locked(name: str, root: Path, timeout: float, good_ids: list[str],
     p.returncode = os.waitstatus_to_exitcode(status)
     for t in readers:
         t.join()
+    for f in (p.stdout, p.stderr):
+        if f is not None:
+            f.close()
     if p.returncode == -9 and time.monotonic() - t0 >= timeout:
         pytest.fail("load of %s did not finish within %ss" % (name, timeout))
     rss = ru.ru_maxrss  # KiB on Linux

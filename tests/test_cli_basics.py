@@ -185,6 +185,11 @@ def test_images_matches_docker_json(ro_root):
         assert since_ok(created, g["CreatedSince"], t0, t1), g
     strip = [{k: v for k, v in g.items() if k != "CreatedSince"} for g in got]
     wstrip = [{k: v for k, v in w.items() if k != "CreatedSince"} for w in want]
+    by_row = {(w["ID"], w["Repository"], w["Tag"]): w for w in wstrip}
+    field_diffs = ["%s:%s %s: docker %r, dockyard %r" % (g["Repository"], g["Tag"], k, by_row[key].get(k), g.get(k))
+                   for g in strip for key in [(g["ID"], g["Repository"], g["Tag"])] if key in by_row
+                   for k in sorted(set(g) | set(by_row[key])) if g.get(k) != by_row[key].get(k)]
+    assert field_diffs == [], "\n".join(field_diffs)
 
     def groups(rows):  # docker's sort is by created seconds and not stable: compare order between seconds only
         out: dict[str, list] = {}

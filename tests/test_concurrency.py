@@ -15,6 +15,7 @@ import pytest
 
 from conftest import (
     FIXTURES,
+    assert_no_overlay_mounts,
     dy_cmd,
     image_ids,
     img_root,
@@ -123,6 +124,7 @@ def test_concurrent_loads(scenario, round_, data_root):
     for c, lk in zip(caches, links, strict=True):
         assert os.readlink(data_root / "overlay2" / "l" / str(lk)) == "../%s/diff" % c
     assert layerdb_tmp_leftovers(data_root) == []
+    assert_no_overlay_mounts(data_root)
     # lower files only name existing links
     for c in caches:
         lower = read_text(data_root / "overlay2" / str(c) / "lower")

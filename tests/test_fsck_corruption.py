@@ -395,6 +395,17 @@ def test_corruption(kind, case, dockyard_template, docker_template, scratch):  #
         if p.returncode == 0:
             problems.append("fsck --repair without --yes exited 0 with the orphan left in place")
 
+    # what survived the corruption unchanged; an unrepairable case must never lose any of it
+    intact = {q: v for q, v in s1.items() if s0.get(q) == v and not ex.allowed(q) and not ex.destroyed(q)}
+    if not ex.repairable:
+        # plain --repair (no --yes, no tty) must not delete anything intact either
+        p = dy(root, "fsck", "--repair", *deep)
+        no_traceback(p)
+        d = compare_files(intact, {q: v for q, v in snapshot(root).items() if q in intact}, allow_committed=False)
+        if d:
+            problems.append("fsck --repair WITHOUT --yes destroyed intact data:\n  %s\n%s" % ("\n  ".join(d),
+                                                                                             p.stdout))
+
     # 3. repair
     p = dy(root, "fsck", "--repair", "--yes", *deep)
     no_traceback(p)
@@ -429,7 +440,6 @@ def test_corruption(kind, case, dockyard_template, docker_template, scratch):  #
         _check_findings(rep, ex, problems, "fsck after repair")
         _check_damaged(rep, ex, problems, "fsck after repair")
         # nothing intact lost: what survived the corruption unchanged is still there, unchanged
-        intact = {q: v for q, v in s1.items() if s0.get(q) == v and not ex.allowed(q) and not ex.destroyed(q)}
         d = compare_files(intact, {q: v for q, v in s2.items() if q in intact}, allow_committed=False)
         if d:
             problems.append("repair destroyed intact data:\n  " + "\n  ".join(d))

@@ -28,6 +28,7 @@ from conftest import (
     FIXTURES,
     ORACLE_DIR,
     assert_clean_error,
+    assert_no_overlay_mounts,
     chain_ids,
     diff_snapshots,
     image_ids,
@@ -217,6 +218,11 @@ def test_load_output(loaded: Loaded):
     assert "Traceback" not in p.stderr
     lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
     assert lines == loaded.case.stdout, "load stdout differs from docker's wording"
+
+
+def test_no_mounts_left(loaded: Loaded):
+    """A load never leaves an (overlay) mount behind below the data-root."""
+    assert_no_overlay_mounts(loaded.root)
 
 
 # ------------------------------------------------------------------------------------------------ imagedb

@@ -92,6 +92,7 @@ def main() -> None:
         commands_containers,
         commands_demo,
         commands_images,
+        commands_registry,
         commands_system,
     )
 

@@ -1219,45 +1219,52 @@ class BlobResponse:
         hasher = _hasher(self.digest) if self._verify else None
         size = self.size
         skip = 0
+        received = self.position  # bytes arrived (yielded + buffered); a resume starts here
+        buf = bytearray()
         try:
             while True:
                 resp = self._resp
                 if resp is None:
                     raise RegistryError(f"{self._what}: the blob stream is closed")
-                if size is not None and self.position >= size and not skip:
+                if size is not None and received >= size and not skip:
                     break
                 try:
-                    for chunk in resp.iter_raw(chunk_size):
+                    for raw in resp.iter_raw():
                         if skip:
-                            if len(chunk) <= skip:
-                                skip -= len(chunk)
+                            if len(raw) <= skip:
+                                skip -= len(raw)
                                 continue
-                            chunk = chunk[skip:]
+                            raw = raw[skip:]
                             skip = 0
-                        if not chunk:
+                        if not raw:
                             continue
-                        if size is not None and self.position + len(chunk) > size:
+                        if size is not None and received + len(raw) > size:
                             raise BlobTransferError(
                                 f"{self._what}: the registry sent more than the {size} bytes"
                             )
-                        self.position += len(chunk)
+                        received += len(raw)
                         if hasher is not None:
-                            hasher.update(chunk)
-                        yield chunk
+                            hasher.update(raw)
+                        buf += raw
+                        while len(buf) >= chunk_size:
+                            out = bytes(buf[:chunk_size])
+                            del buf[:chunk_size]
+                            self.position += len(out)
+                            yield out
                     if skip:
-                        raise httpx.ReadError(f"the stream ended while skipping to byte {self.position}")
-                    if size is not None and self.position < size:
-                        raise httpx.ReadError(f"the body ended after {self.position} of {size} bytes")
+                        raise httpx.ReadError(f"the stream ended while skipping to byte {received}")
+                    if size is not None and received < size:
+                        raise httpx.ReadError(f"the body ended after {received} of {size} bytes")
                     break
                 except httpx.TransportError as e:
                     self.close()
-                    got = f"{self.position} of {size}" if size is not None else f"{self.position}"
+                    got = f"{received} of {size}" if size is not None else f"{received}"
                     if not self._backoff.sleep():
                         raise BlobTransferError(
                             f"{self._what}: download broken after {got} bytes: {e or type(e).__name__}"
                         ) from None
                     resp, start, total = self._client._blob_request(
-                        self.repo, self.digest, self.position, self._backoff
+                        self.repo, self.digest, received, self._backoff
                     )
                     self._resp = resp
                     self.resumes += 1
@@ -1266,7 +1273,11 @@ class BlobResponse:
                         raise BlobTransferError(
                             f"{self._what}: the blob's size changed from {size} to {total} bytes while resuming"
                         ) from None
-                    skip = self.position - start
+                    skip = received - start
+            if buf:
+                self.position += len(buf)
+                yield bytes(buf)
+                buf.clear()
             if hasher is not None:
                 got_digest = self.digest.split(":", 1)[0] + ":" + hasher.hexdigest()
                 if got_digest != self.digest:
