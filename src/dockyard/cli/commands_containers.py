@@ -92,7 +92,7 @@ def _create_options(image: str, command: tuple[str, ...], kw: dict[str, Any]) ->
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_ctx
-def create(ctx: Context, image: str, command: tuple[str, ...], **kw: Any) -> None:
+def create(ctx: Context, /, image: str, command: tuple[str, ...], **kw: Any) -> None:
     """Create a new container."""
     mgr = _mgr(ctx)
     cid = mgr.create(image, _create_options(image, command, kw))
@@ -105,7 +105,7 @@ def create(ctx: Context, image: str, command: tuple[str, ...], **kw: Any) -> Non
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_ctx
-def run(ctx: Context, image: str, command: tuple[str, ...], detach: bool, **kw: Any) -> None:
+def run(ctx: Context, /, image: str, command: tuple[str, ...], detach: bool, **kw: Any) -> None:
     """Run a command in a new container (exit status = the container's)."""
     from dockyard.ops.containers import run as run_container
 
@@ -439,8 +439,7 @@ def _extract_to_host(mgr: Any, cid: str, path: str, dest: str) -> None:
         raise InvalidInput(f"destination directory {parent} does not exist")
     tmp = tempfile.mkdtemp(prefix=".dockyard-cp-", dir=parent)
     try:
-        spool = tempfile.TemporaryFile(dir=parent)
-        with spool:
+        with tempfile.TemporaryFile(dir=parent) as spool:
             copy_from(mgr, cid, path, spool.write)
             spool.seek(0)
             apply_layer(spool.read, tmp, None)

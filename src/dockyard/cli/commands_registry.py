@@ -107,14 +107,14 @@ def push(ctx: Context, name: str, compression: str, quiet: bool, insecure: tuple
         click.echo(
             f"The push refers to repository [{ref.name if ref.domain != 'docker.io' else 'docker.io/' + ref.path}]"
         )
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
 
     def event(layer: str, msg: str) -> None:
         if quiet or tty:
             return
         if msg in ("Preparing", "Pushing") and (layer, msg) in seen:
             return
-        seen.add((layer, msg))  # type: ignore[arg-type]
+        seen.add((layer, msg))
         click.echo(f"{layer}: {msg}")
 
     with LayerProgress(enabled=tty, verb="Pushing") as prog:

@@ -584,9 +584,9 @@ class Containers:
         finally:
             if term_state is not None:
                 termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, term_state)
-            for s, h in old_handlers.items():
+            for signum, h in old_handlers.items():
                 try:
-                    signal.signal(s, h)
+                    signal.signal(signum, h)
                 except (TypeError, ValueError):
                     pass
             if in_w >= 0:
@@ -891,7 +891,7 @@ def _recv_fd(sock: socket.socket) -> int:
     conn, _ = sock.accept()
     with conn:
         fds: list[int] = []
-        msg, ancdata, _flags, _addr = conn.recvmsg(4096, socket.CMSG_LEN(struct.calcsize("i") * 4))
+        _msg, ancdata, _flags, _addr = conn.recvmsg(4096, socket.CMSG_LEN(struct.calcsize("i") * 4))
         for level, typ, data in ancdata:
             if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
                 fds.extend(struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4]))

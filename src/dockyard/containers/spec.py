@@ -239,7 +239,7 @@ def build_spec(
         "ociVersion": "1.0.2-dev",
         "process": process,
         "root": {"path": rootfs, "readonly": read_only},
-        "hostname": hostname if network_mode != "host" else hostname,
+        "hostname": hostname,
         "mounts": mounts,
         "linux": {
             "resources": {"devices": DEFAULT_DEVICE_RULES},

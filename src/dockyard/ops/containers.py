@@ -181,7 +181,7 @@ def inspect_container(mgr: Containers, cid: str) -> dict[str, Any]:
                 )
             except OSError:
                 continue
-        gd = {
+        gd: dict[str, Any] = {
             "Data": {
                 "LowerDir": ":".join(lowers),
                 "MergedDir": os.path.join(d, "merged"),
@@ -447,7 +447,7 @@ def copy_from(mgr: Containers, cid: str, src: str, write: Callable[[bytes | memo
     try:
         rel = os.path.normpath("/" + src).lstrip("/")
         with RootDir(root) as rd:
-            parent, _, base = rel.rpartition("/")
+            parent, _, _base = rel.rpartition("/")
             rd.dirfd(parent.encode())  # refuses symlinks on the way
         full = os.path.join(root, rel)
         tw_root = os.path.dirname(full) if rel else root

@@ -196,7 +196,7 @@ def compress_and_upload(job: CompressJob, progress: ProgressFn) -> CompressOutco
             gz = igzip.GzipFile(fileobj=tee, mode="wb", compresslevel=2, mtime=0)  # type: ignore[no-untyped-call]
 
             def w(b: bytes | memoryview) -> None:
-                gz.write(b)
+                gz.write(b)  # type: ignore[no-untyped-call]
                 done[0] += len(b)
                 progress(done[0])
 
@@ -233,8 +233,8 @@ def _compression_matches(client: Any, repo: str, digest: str, compression: str) 
     except DockyardError:
         return False
     if compression == "zstd":
-        return head[:4] == b"\x28\xb5\x2f\xfd"
-    return head[:2] == b"\x1f\x8b"
+        return bool(head[:4] == b"\x28\xb5\x2f\xfd")
+    return bool(head[:2] == b"\x1f\x8b")
 
 
 @dataclass

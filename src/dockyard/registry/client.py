@@ -1260,6 +1260,10 @@ class BlobResponse:
                     self.close()
                     got = f"{received} of {size}" if size is not None else f"{received}"
                     if not self._backoff.sleep():
+                        if buf:  # hand out what did arrive, so the caller can resume after it
+                            self.position += len(buf)
+                            yield bytes(buf)
+                            buf.clear()
                         raise BlobTransferError(
                             f"{self._what}: download broken after {got} bytes: {e or type(e).__name__}"
                         ) from None
