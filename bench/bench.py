@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """dockyard vs docker, side by side on the same input: interleaved, cold, as ratios.
 
-    python3 bench/bench.py [-n 5] [CASE ...]        # cases: load save (default: all)
+    python3 bench/bench.py [-n 5] [CASE ...]   # cases: load save pull push run create (default: all)
 
 Needs root, the benchmark image set of shared/bench/make-bench-images.sh in $BENCH (default
 /tmp/bench; ``--build`` makes it), and a private dockerd on unix:///tmp/perf.sock (started with
@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -39,11 +40,52 @@ ENSURE_DOCKER_IMG = f"{DOCKER} image inspect {IMG} >/dev/null 2>&1 || {DOCKER} l
 ENSURE_DY_IMG = f"{DY} inspect {IMG} >/dev/null 2>&1 || {DY} load -q -i {TAR}"
 WARM_TAR = f"cat {TAR} >/dev/null"
 
-# name -> (peer, dict(setup, prep, cmd, post, rewarm))
-CASES: dict[str, list[tuple[str, dict[str, str]]]] = {
+REG = os.environ.get("BENCH_REGISTRY", "127.0.0.1:5000")
+REGIMG = f"{REG}/dockyard-bench/distro:1"
+PUSHIMG = f"{REG}/dockyard-bench/pushed:1"
+DOCKER_RMI_REG = f"{DOCKER} rmi -f {REGIMG} >/dev/null 2>&1; {DOCKER} image prune -af >/dev/null 2>&1; true"
+WARM_BLOBS = f"cat {B}/registry/data/docker/registry/v2/blobs/sha256/*/*/data >/dev/null"
+# push: the registry must not have the pushed repository's layers yet (no mount either): a fresh
+# repository name per round, and the blobs of earlier rounds deleted from the registry's store
+# would need a restart; instead each round pushes to a new repository, which docker and dockyard
+# both fill by cross-repository mounts when the digests are known. To measure real uploads, the
+# push cases below first forget the distribution metadata, so both must compress and upload.
+DOCKER_FORGET = "rm -rf /tmp/perfroot/image/overlay2/distribution"
+DY_FORGET = f"rm -rf {DY_ROOT}/image/overlay2/distribution"
+
+# name -> (peer, dict(setup, prep, cmd, post, rewarm, cold))
+CASES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "load": [
         ("docker", dict(prep=RMI, cmd=f"{DOCKER} load -q -i {TAR} >/dev/null", post=RMI, rewarm=WARM_TAR)),
         ("dockyard", dict(prep=DY_WIPE, cmd=f"{DY} load -q -i {TAR}", post=DY_WIPE, rewarm=WARM_TAR)),
+    ],
+    "run": [
+        ("docker", dict(prep=ENSURE_DOCKER_IMG, cold=False,
+                        cmd=f"{DOCKER} run --rm --network none {IMG} true")),
+        ("dockyard", dict(prep=ENSURE_DY_IMG, cold=False, cmd=f"{DY} run --rm --network none {IMG} true")),
+    ],
+    "create": [
+        ("docker", dict(prep=ENSURE_DOCKER_IMG, cold=False,
+                        cmd=f"{DOCKER} create --network none {IMG} true > /tmp/bench-cid",
+                        post=f"{DOCKER} rm -f $(cat /tmp/bench-cid) >/dev/null")),
+        ("dockyard", dict(prep=ENSURE_DY_IMG, cold=False,
+                          cmd=f"{DY} create --network none {IMG} true > /tmp/bench-cid",
+                          post=f"{DY} rm -f $(cat /tmp/bench-cid) >/dev/null")),
+    ],
+    "pull": [
+        ("docker", dict(prep=DOCKER_RMI_REG, cmd=f"{DOCKER} pull -q {REGIMG} >/dev/null", post=DOCKER_RMI_REG,
+                        rewarm=WARM_BLOBS)),
+        ("dockyard", dict(prep=DY_WIPE, cmd=f"{DY} pull -q {REGIMG} >/dev/null", post=DY_WIPE, rewarm=WARM_BLOBS)),
+    ],
+    "push": [
+        ("docker", dict(prep=f"{ENSURE_DOCKER_IMG}; {DOCKER_FORGET}; {DOCKER} tag {IMG} {REG}/dockyard-bench/d$RANDOM$RANDOM:1"
+                             f" && {DOCKER} images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' | grep '/dockyard-bench/d' > /tmp/bench-push-ref",
+                        cmd=f"{DOCKER} push $(cat /tmp/bench-push-ref) >/dev/null",
+                        post=f"{DOCKER} rmi $(cat /tmp/bench-push-ref) >/dev/null")),
+        ("dockyard", dict(prep=f"{ENSURE_DY_IMG}; {DY_FORGET}; echo {REG}/dockyard-bench/y$RANDOM$RANDOM:1 > /tmp/bench-push-ref"
+                               f" && {DY} tag {IMG} $(cat /tmp/bench-push-ref)",
+                          cmd=f"{DY} push -q $(cat /tmp/bench-push-ref) >/dev/null",
+                          post=f"{DY} rmi $(cat /tmp/bench-push-ref) >/dev/null")),
     ],
     "save": [
         ("docker", dict(prep=f"{ENSURE_DOCKER_IMG}; rm -f /tmp/bench-save.tar",
@@ -100,6 +142,12 @@ def timed(cmd: str) -> tuple[float, int]:
     return dt, peak
 
 
+def compile_bytecode() -> None:
+    """Commands start faster from compiled bytecode (pip does this on install; PYTHONDONTWRITEBYTECODE
+    environments otherwise recompile every module on every run)."""
+    sh(f"{shlex.quote(sys.executable)} -m compileall -q {REPO}/src/dockyard")
+
+
 def ensure_inputs(build: bool) -> None:
     if not os.path.exists(TAR):
         if not build:
@@ -118,6 +166,7 @@ def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("run as root (drop_caches, dockerd)")
     ensure_inputs(a.build)
+    compile_bytecode()
     runs = [(case, peer, spec) for case in a.cases for peer, spec in CASES[case]]
     for _, _, spec in runs:
         if spec.get("setup"):
@@ -129,7 +178,8 @@ def main() -> None:
         for case, peer, spec in order:
             if spec.get("prep"):
                 sh(spec["prep"])
-            drop_caches()
+            if spec.get("cold", True):
+                drop_caches()
             if spec.get("rewarm"):
                 sh(spec["rewarm"])
             dt, peak = timed(spec["cmd"])

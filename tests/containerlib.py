@@ -253,7 +253,8 @@ def tar_entries(data: bytes | os.PathLike | str) -> list[dict[str, Any]]:
     out = []
     with tf:
         for m in tf:
-            e: dict[str, Any] = {"name": m.name, "type": _TYPES.get(m.type, repr(m.type)), "mode": "%o" % m.mode,
+            e: dict[str, Any] = {"name": m.name, "type": _TYPES.get(m.type, repr(m.type)), "mode": "%04o" % (m.mode & 0o7777),
+                                 "mode_type_bits": "%o" % (m.mode >> 12),
                                  "uid": m.uid, "gid": m.gid, "size": m.size, "mtime": int(m.mtime)}
             if m.issym() or m.islnk():
                 e["linkname"] = m.linkname

@@ -634,7 +634,7 @@ class OpaqueTokenServer:
         self.calls.append((user, scopes))
         granted = []
         for s in scopes:
-            _, name, actions = s.split(":", 2)
+            name = s.split(":", 2)[1]
             if user is not None:
                 granted.append(s)
             elif name.startswith("public/"):
@@ -786,12 +786,9 @@ class DockerRegistry:
             if self.tls is not None:
                 env["REGISTRY_HTTP_TLS_CERTIFICATE"] = str(self.tls.server_crt)
                 env["REGISTRY_HTTP_TLS_KEY"] = str(self.tls.server_key)
-            log = open(self.base / "registry.log", "ab")
-            try:
+            with open(self.base / "registry.log", "ab") as log:
                 self.proc = subprocess.Popen([self.exe, "serve", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-            finally:
-                log.close()
             ctx = ssl._create_unverified_context() if self.tls else None
             scheme = "https" if self.tls else "http"
             for _ in range(200):

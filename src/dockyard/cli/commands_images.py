@@ -119,7 +119,7 @@ def images(
                     "Size": human_size(s.size),
                     "Tag": tag,
                     "UniqueSize": "N/A",
-                    "VirtualSize": human_size(s.size),
+                    "VirtualSize": human_size(s.size, 4),  # docker/cli: HumanSize (4 digits)
                 }
             )
             seen_ids.append(image_id)  # docker prints one ID per row, repeats included
@@ -226,12 +226,13 @@ def history(ctx: Context, name: str, human: bool, no_trunc: bool, quiet: bool, f
         if not no_trunc:
             created_by = _ellipsis(created_by.replace("\t", " "), 45)
         ns = it.created * 1_000_000_000
+        created_at = gojson.format_rfc3339nano(ns)  # docker/cli: RFC3339 (whole seconds)
         rows.append(
             {
                 "Comment": it.comment,
-                "CreatedAt": gojson.format_rfc3339nano(ns) if human else str(it.created),
+                "CreatedAt": created_at,
                 "CreatedBy": created_by,
-                "CreatedSince": since(ns),
+                "CreatedSince": since(ns) if human else created_at,
                 "ID": iid,
                 "Size": human_size(it.size) if human else str(it.size),
             }
@@ -249,11 +250,8 @@ def history(ctx: Context, name: str, human: bool, no_trunc: bool, quiet: bool, f
             click.echo(_go_template(fmt, r))
         return
     table(
-        ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
-        [
-            [r["ID"], r["CreatedSince"] if human else r["CreatedAt"], r["CreatedBy"], r["Size"], r["Comment"]]
-            for r in rows
-        ],
+        ["IMAGE", "CREATED" if human else "CREATED AT", "CREATED BY", "SIZE", "COMMENT"],
+        [[r["ID"], r["CreatedSince"], r["CreatedBy"], r["Size"], r["Comment"]] for r in rows],
     )
 
 

@@ -94,9 +94,7 @@ class Reference:
 
 def _split_domain(name: str) -> tuple[str, str]:
     i = name.find("/")
-    if i == -1 or (
-        not any(c in name[:i] for c in ".:") and name[:i] != "localhost" and name[:i].lower() == name[:i]
-    ):
+    if i == -1 or (not any(c in name[:i] for c in ".:") and name[:i] != "localhost"):
         domain, rest = DEFAULT_DOMAIN, name
     else:
         domain, rest = name[:i], name[i + 1 :]

@@ -314,10 +314,10 @@ class RegistryClient:
         )
 
     def _ensure_ready(self) -> None:
-        if self._endpoint is not None:
-            return
         if self._closed:
             raise RegistryError(f"{self.name}: the registry client is closed")
+        if self._endpoint is not None:
+            return
         with self._ready_lock:
             if self._endpoint is None:
                 self._setup()
@@ -591,7 +591,7 @@ class RegistryClient:
             else:
                 text = "; ".join(parts) or "unauthorized: authentication required"
                 if not sent_creds:
-                    text += f" (no credentials for {self.name}; log in first)"
+                    text += f"; not logged in to {self.name}"
             return AuthError(f"{what}: {text}", status=status, codes=codes)
         if not parts:
             text = f"HTTP {status} {resp.reason_phrase}".rstrip()
