@@ -474,6 +474,24 @@ def test_bearer_token_flow_real_registry(token_registry: tuple[DockerRegistry, J
     assert str(ei.value) == "%s: unauthorized: incorrect username or password" % reg.addr
 
 
+def test_shared_client_across_threads(token_registry: tuple[DockerRegistry, JWTTokenServer],
+                                     mk: Callable[..., RegistryClient]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    reg, _ts = token_registry
+    c = mk(reg.addr, credentials=Credentials("alice", "wonderland"))
+    blobs = [os.urandom(100_000 + i) for i in range(6)]
+
+    def up(data: bytes) -> str:
+        c.upload_blob("tok/threads", sha256(data), len(data), [data], chunk_size=30_000 if len(data) % 2 else None)
+        return sha256(data)
+
+    with ThreadPoolExecutor(4) as ex:
+        digests = list(ex.map(up, blobs))
+        got = list(ex.map(lambda d: read_blob(c, "tok/threads", d), digests))
+    assert got == blobs
+
+
 def test_login_with_identity_token(token_registry: tuple[DockerRegistry, JWTTokenServer], tmp_path: Path,
                                    certs_root: Path, mk: Callable[..., RegistryClient]) -> None:
     reg, ts = token_registry
@@ -967,14 +985,30 @@ def test_tls_verification_failure_and_insecure_fallbacks(certs: Any, mk: Callabl
         assert "ca.crt" in msg and "\n" not in msg
     finally:
         srv.stop()
-    # and a plain-http loopback registry is reached directly
+    # and a plain-http loopback registry is reached directly; listed as insecure, after https failed
     plain = FakeServer(app).start()
     try:
         c = mk(plain.addr)
         assert c.get_manifest("r/app", "v1", ACCEPT).digest == img.manifest_digest
         assert c.endpoint.scheme == "http"
+        c = mk(plain.addr, insecure_registries=["127.0.0.0/8"])
+        assert c.get_manifest("r/app", "v1", ACCEPT).digest == img.manifest_digest
+        assert c.endpoint.scheme == "http"
     finally:
         plain.stop()
+
+
+def test_real_registry_over_tls(certs: Any, tmp_path: Path, mk: Callable[..., RegistryClient],
+                                certs_root: Path) -> None:
+    with DockerRegistry(tmp_path / "tlsreg", tls=certs) as reg:
+        d = certs_root / reg.addr
+        d.mkdir()
+        (d / "ca.crt").write_bytes(certs.ca_crt.read_bytes())
+        c = mk(reg.addr)
+        img = make_test_image("tls registry\n", size=50_000)
+        assert push_image(c, "tls/app", "v1", img, chunk_size=20_000) == img.manifest_digest
+        assert (c.endpoint.scheme, c.endpoint.verify) == ("https", True)
+        assert read_blob(c, "tls/app", img.layer_digest) == img.layer
 
 
 # ============================================================================================ credentials

@@ -29,17 +29,15 @@ import re
 import select
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
-import tempfile
-import termios
 import time
-import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import socket
 
 from dockyard import gojson
 from dockyard.archive.fsutil import RootDir, remove_tree
@@ -289,7 +287,8 @@ class Containers:
         lay = self.store.layout
         makedirs(lay.layerdb_mounts, 0o755)
         makedirs(lay.layerdb_tmp, 0o755)
-        staging = tempfile.mkdtemp(prefix="mount-", dir=lay.layerdb_tmp)
+        staging = os.path.join(lay.layerdb_tmp, f"mount-{cid}")
+        os.mkdir(staging, 0o755)
         os.chmod(staging, 0o755)
         write_plain(os.path.join(staging, "mount-id"), mount_id.encode(), 0o644)
         write_plain(os.path.join(staging, "init-id"), f"{mount_id}-init".encode(), 0o644)
@@ -515,6 +514,9 @@ class Containers:
         if attach and stdin:
             in_fd = sys.stdin.fileno()
             if tty_mode and os.isatty(in_fd):
+                import termios
+                import tty
+
                 term_state = termios.tcgetattr(in_fd)
                 tty.setraw(in_fd)
         status: int | None = None
@@ -583,6 +585,8 @@ class Containers:
                     break
         finally:
             if term_state is not None:
+                import termios
+
                 termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, term_state)
             for signum, h in old_handlers.items():
                 try:
@@ -876,6 +880,8 @@ def _runtime_error(stderr: bytes) -> str:
 
 
 def _console_socket(path: str) -> socket.socket:
+    import socket
+
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         os.unlink(path)
@@ -887,6 +893,9 @@ def _console_socket(path: str) -> socket.socket:
 
 
 def _recv_fd(sock: socket.socket) -> int:
+    import socket
+    import struct
+
     sock.settimeout(30)
     conn, _ = sock.accept()
     with conn:

@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from dockyard import gojson
-from dockyard.ops.images import container_config
+from dockyard.image.container_config import container_config
 
 ZERO_TIME = gojson.ZERO_TIME
 

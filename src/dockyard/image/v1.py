@@ -15,7 +15,7 @@ from typing import Any
 
 from dockyard import gojson
 from dockyard.image.config import ImageConfig
-from dockyard.ops.images import container_config
+from dockyard.image.container_config import container_config
 
 EPOCH = "1970-01-01T00:00:00Z"
 

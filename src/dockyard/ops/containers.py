@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dockyard import __version__, gojson
-from dockyard.archive.export import write_dir_tar
 from dockyard.archive.fsutil import RootDir
-from dockyard.containers.changes import Change, overlay_changes
 from dockyard.containers.lifecycle import Containers, CreateOptions, now
-from dockyard.containers.logs import read_entries
 from dockyard.errors import Conflict, DockyardError, InvalidInput, NotFound
-from dockyard.image.changes import apply_changes
-from dockyard.image.config import ImageConfig
-from dockyard.image.reference import parse_reference
-from dockyard.ops.housekeeping import remove_container
-from dockyard.ops.images import container_config
+
+if TYPE_CHECKING:
+    from dockyard.containers.changes import Change
+
+# Heavier modules (tar writing, diffs, image configs, housekeeping) are imported by the commands
+# that use them, so `run` and `create` start quickly.
 
 
 # ----------------------------------------------------------------------------- start / run
@@ -103,6 +99,8 @@ def remove(mgr: Containers, cid: str, *, force: bool) -> None:
             )
         mgr.kill(cid)
         mgr.wait_stopped(cid, 30)
+    from dockyard.ops.housekeeping import remove_container
+
     with mgr.store.write_lock():
         if os.path.isdir(mgr.dir(cid)):
             try:
@@ -241,6 +239,8 @@ def logs(
     timestamps: bool,
     out: Callable[[str, str], None],
 ) -> None:
+    from dockyard.containers.logs import read_entries
+
     cfg = mgr.load(cid)
     path = cfg.get("LogPath") or os.path.join(mgr.dir(cid), f"{cid}-json.log")
     entries = list(read_entries(path))
@@ -299,12 +299,16 @@ def _layer_dirs(mgr: Containers, cid: str) -> tuple[str, list[str]]:
 
 
 def diff(mgr: Containers, cid: str) -> list[Change]:
+    from dockyard.containers.changes import overlay_changes
+
     upper, lowers = _layer_dirs(mgr, cid)
     return overlay_changes(upper, lowers)
 
 
 def export(mgr: Containers, cid: str, write: Callable[[bytes | memoryview], Any]) -> None:
     """docker export: the merged filesystem as one tar (mounted read-only view if stopped)."""
+    from dockyard.archive.export import write_dir_tar
+
     mgr.reap()
     mid = mgr.mount_id(cid)
     drv = mgr.store.driver
@@ -331,6 +335,11 @@ def commit(
 ) -> str:
     """docker commit: a new image from the container's read-write layer (against its init layer)."""
     from dockyard.archive.apply import apply_layer
+    from dockyard.archive.export import write_dir_tar
+    from dockyard.image.changes import apply_changes
+    from dockyard.image.config import ImageConfig
+    from dockyard.image.container_config import container_config
+    from dockyard.image.reference import parse_reference
     from dockyard.store.atomic import fsync_dir, syncfs
 
     st = mgr.store
@@ -439,6 +448,8 @@ def _history_entry(h: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- cp
 def copy_from(mgr: Containers, cid: str, src: str, write: Callable[[bytes | memoryview], Any]) -> None:
     """Tar of ``src`` (a path in the container) -- what ``docker cp CONTAINER:SRC -`` streams."""
+    from dockyard.archive.export import write_dir_tar
+
     mid = mgr.mount_id(cid)
     drv = mgr.store.driver
     was_mounted = drv.mounted(mid)
@@ -546,4 +557,4 @@ def copy_to(mgr: Containers, cid: str, host_src: str, dest: str) -> None:
                 drv.put(mid)
 
 
-__all__ = ["DockyardError", "InvalidInput", "hashlib", "sys"]
+__all__ = ["DockyardError", "InvalidInput", "remove", "run", "start", "wait"]

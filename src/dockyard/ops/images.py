@@ -10,6 +10,7 @@ from dockyard import gojson
 from dockyard.digest import hex_of, short_id
 from dockyard.errors import Conflict, DockyardError, InvalidInput, NotFound
 from dockyard.image.config import ImageConfig
+from dockyard.image.container_config import container_config
 from dockyard.image.reference import Reference, parse_reference
 from dockyard.store import Store
 from dockyard.store.layers import Layer
@@ -71,54 +72,6 @@ def list_images(store: Store, *, all: bool = False) -> list[ImageSummary]:
 
 
 # ----------------------------------------------------------------------------- inspect
-_CONTAINER_CONFIG_FIELDS: list[tuple[str, Any, bool]] = [
-    # (name, zero value, omitempty) in Go's container.Config order
-    ("Hostname", "", False),
-    ("Domainname", "", False),
-    ("User", "", False),
-    ("AttachStdin", False, False),
-    ("AttachStdout", False, False),
-    ("AttachStderr", False, False),
-    ("ExposedPorts", None, True),
-    ("Tty", False, False),
-    ("OpenStdin", False, False),
-    ("StdinOnce", False, False),
-    ("Env", None, False),
-    ("Cmd", None, False),
-    ("Healthcheck", None, True),
-    ("ArgsEscaped", False, True),
-    ("Image", "", False),
-    ("Volumes", None, False),
-    ("WorkingDir", "", False),
-    ("Entrypoint", None, False),
-    ("NetworkDisabled", False, True),
-    ("MacAddress", "", True),
-    ("OnBuild", None, False),
-    ("Labels", None, False),
-    ("StopSignal", "", True),
-    ("StopTimeout", None, True),
-    ("Shell", None, True),
-]
-
-
-def container_config(raw: Any) -> dict[str, Any] | None:
-    """A config object as Go's container.Config marshals it (fields in order, zero values)."""
-    if raw is None:
-        return None
-    src = raw if isinstance(raw, dict) else {}
-    out: dict[str, Any] = {}
-    for name, zero, omitempty in _CONTAINER_CONFIG_FIELDS:
-        v = src.get(name, zero)
-        if v is None and zero is not None:
-            v = zero
-        if omitempty and (v is None or v == zero or v == [] or v == {}):
-            continue
-        if isinstance(v, dict) and name in ("ExposedPorts", "Volumes", "Labels"):
-            v = gojson.GoMap(v)
-        out[name] = v
-    return out
-
-
 def graphdriver_data(store: Store, layer: Layer | None) -> dict[str, str]:
     if layer is None:
         return {}

@@ -16,8 +16,8 @@ from dockyard.destinations.store import ExtractJob, extract_layer
 from dockyard.errors import DockyardError, InvalidInput
 from dockyard.image.changes import apply_changes
 from dockyard.image.config import ImageConfig
+from dockyard.image.container_config import container_config
 from dockyard.image.reference import parse_reference
-from dockyard.ops.images import container_config
 from dockyard.sources.base import LayerBlob
 from dockyard.sources.store import select_images
 from dockyard.store import Store

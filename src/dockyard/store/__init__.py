@@ -55,8 +55,26 @@ class Store:
             if self._lock.depth == 1:
                 os.makedirs(self.layout.root, mode=0o711, exist_ok=True)
                 self.layers.recover()
+                self._recover_containers()
                 self.refs.ensure()
             yield self
+
+    def _recover_containers(self) -> None:
+        """Finish what a dead process left: a container dir staged but not published
+        (``.tmp-<id>``) or half removed (``<id>-removing``) goes, with its layers."""
+        try:
+            names = os.listdir(self.layout.containers)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith(".tmp-") or name.endswith("-removing"):
+                cid = name[5:] if name.startswith(".tmp-") else name[: -len("-removing")]
+                from dockyard.archive.fsutil import remove_tree
+                from dockyard.ops.housekeeping import release_container_layers
+
+                if len(cid) == 64 and not os.path.isdir(self.layout.container_dir(cid)):
+                    release_container_layers(self, cid)
+                remove_tree(os.path.join(self.layout.containers, name))
 
     def dockerd_owner(self) -> str | None:
         return dockerd_running(self.layout)

@@ -171,6 +171,18 @@ class LayerStore:
             if name.startswith("write-set-"):
                 self._drop_staged(os.path.join(tmp, name))
                 done.append(os.path.join(tmp, name))
+            elif name.startswith("mount-"):
+                # a container's mount record that was never published: its layers go with it
+                p = os.path.join(tmp, name)
+                for key in ("mount-id", "init-id"):
+                    try:
+                        v = read_text(os.path.join(p, key)).strip()
+                    except (OSError, UnicodeDecodeError):
+                        continue
+                    if is_hex64(v[:64]) and len(v) in (64, 69):
+                        self.driver.remove(v)
+                remove_tree(p)
+                done.append(p)
         for name in _listdir(self.layout.layerdb_sha256):
             if name.endswith("-removing"):
                 self._drop_staged(os.path.join(self.layout.layerdb_sha256, name))
