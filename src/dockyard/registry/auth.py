@@ -240,8 +240,7 @@ class Authenticator:
                 raise AuthError(f"{name}: unauthorized: {detail}", status=resp.status_code)
             detail = _token_error_detail(body) or "authentication required"
             raise AuthError(
-                f"{name}: unauthorized: {detail} (no credentials for {name}; log in first)",
-                status=resp.status_code,
+                f"{name}: unauthorized: {detail}; not logged in to {name}", status=resp.status_code
             )
         if resp.status_code != 200:
             detail = _token_error_detail(body)

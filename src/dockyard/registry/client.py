@@ -359,7 +359,7 @@ class RegistryClient:
                     if not auth.set_challenges(challenges):
                         http.close()
                         raise AuthError(
-                            f"{self.name}: {url} returned 401 Unauthorized without an authentication challenge",
+                            f"{self.name}: {url} returned 401 Unauthorized {_no_challenge(challenges)}",
                             status=401,
                         )
                 elif not 200 <= status < 300:
@@ -375,7 +375,7 @@ class RegistryClient:
             else:
                 if not failures:
                     raise RegistryError(f"{self.name}: no endpoint answered as a registry")
-                if not backoff.sleep():
+                if not all(_retryable(e) for _, e in failures) or not backoff.sleep():
                     # the first candidate's failure is the telling one (TLS problem, refused, ...)
                     ep, err = failures[0]
                     raise self._transport_error(err, self.name, ep.base_url + "/v2/")
@@ -472,7 +472,7 @@ class RegistryClient:
                     follow=follow,
                 )
             except httpx.TransportError as e:
-                if retry and backoff.sleep():
+                if retry and _retryable(e) and backoff.sleep():
                     continue
                 raise self._transport_error(e, what, str(url)) from None
             if resp.status_code == 401 and scopes is not None and not reauthed and self._reauth(resp, scopes):
@@ -580,10 +580,10 @@ class RegistryClient:
         auth = self._auth
         sent_creds = auth is not None and auth.sends_credentials
         if status == 401:
-            if not parse_challenges(resp.headers.get_list("www-authenticate")) and (
-                auth is None or auth.challenge is None
-            ):
-                text = "the registry returned 401 Unauthorized without an authentication challenge"
+            challenges = parse_challenges(resp.headers.get_list("www-authenticate"))
+            usable = [c for c in challenges if c.scheme == "basic" or (c.scheme == "bearer" and c.realm)]
+            if not usable and (auth is None or auth.challenge is None):
+                text = f"the registry returned 401 Unauthorized {_no_challenge(challenges)}"
                 return AuthError(f"{what}: {text}", status=status, codes=codes)
             basic = auth is not None and auth.challenge is not None and auth.challenge.scheme == "basic"
             if sent_creds and basic:
@@ -1010,13 +1010,22 @@ class RegistryClient:
             raise BlobTransferError(f"{what}: the blob has {offset} bytes, {size} declared")
         url = location.copy_merge_params({"digest": digest})
         try:
-            resp = self._send_once(
-                "PUT", url, headers={"Content-Length": "0"}, content=b"", scopes=self._scopes(repo, push=True)
+            resp = self._send(
+                "PUT",
+                url,
+                what=what,
+                headers={"Content-Length": "0"},
+                content=b"",
+                scopes=self._scopes(repo, push=True),
+                backoff=backoff,
             )
-        except httpx.TransportError as e:
+        except RegistryError as e:  # the connection failed, retries included
             if self.blob_exists(repo, digest) == size:
-                return  # the PUT went through; its answer was lost
-            raise _Transient(self._transport_error(e, what)) from None
+                return  # an earlier PUT went through; its answer was lost
+            raise _Transient(e) from None
+        if resp.status_code == 404 and self.blob_exists(repo, digest) == size:
+            resp.close()  # a retried PUT after one whose answer was lost: the session is gone, the blob is there
+            return
         self._finish_upload(resp, digest, what)
 
     def _patch_chunk(
@@ -1024,6 +1033,7 @@ class RegistryClient:
     ) -> httpx.URL:
         """PATCH one chunk; on a transient failure ask the upload's status and resend or move on."""
         end = offset + len(piece)
+        reauthed = False
         while True:
             headers = {
                 "Content-Type": "application/octet-stream",
@@ -1042,6 +1052,11 @@ class RegistryClient:
                     loc = resp.headers.get("location")
                     resp.close()
                     return resp.request.url.join(loc) if loc else location
+                scopes = self._scopes(repo, push=True)
+                if resp.status_code == 401 and not reauthed and self._reauth(resp, scopes):
+                    resp.close()  # e.g. the token expired between two chunks: resend with a new one
+                    reauthed = True
+                    continue
                 if resp.status_code not in RETRY_STATUSES:
                     raise self._error(resp, f"{what}: uploading bytes {offset}-{end - 1}")
                 failure = self._transient_from(resp, what)
@@ -1095,6 +1110,18 @@ class RegistryClient:
         finally:
             resp.close()
         return identity
+
+
+def _retryable(e: httpx.TransportError) -> bool:
+    """Transport failures worth retrying: not a certificate that failed verification."""
+    return not (isinstance(e, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in str(e))
+
+
+def _no_challenge(challenges: Sequence[Any]) -> str:
+    if not challenges:
+        return "without an authentication challenge"
+    names = ", ".join(sorted({c.scheme.capitalize() for c in challenges}))
+    return f"without a usable authentication challenge (WWW-Authenticate: {names})"
 
 
 def _format_registry_error(code: str, message: str, detail: object) -> str:
@@ -1189,7 +1216,9 @@ class BlobResponse:
             self._resp = None
 
     def iter_bytes(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]:
-        """Yield the blob's bytes from :attr:`offset` on, in chunks of about ``chunk_size``."""
+        """Yield the blob's bytes from :attr:`offset` on, in chunks of ``chunk_size`` (the last one shorter)."""
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
         if self._iter is not None:
             raise RegistryError(f"{self._what}: the blob stream was already consumed")
         self._iter = self._generate(chunk_size)
@@ -1198,7 +1227,7 @@ class BlobResponse:
     def read(self, n: int = -1) -> bytes:
         """File-like read (``n < 0``: everything left -- avoid for large blobs)."""
         if self._iter is None:
-            self._iter = self._generate(DEFAULT_CHUNK)
+            self._iter = self._generate(0)
         out = [self._buf]
         have = len(self._buf)
         while n < 0 or have < n:
@@ -1245,6 +1274,10 @@ class BlobResponse:
                         received += len(raw)
                         if hasher is not None:
                             hasher.update(raw)
+                        if chunk_size <= 0 and not buf:  # read(): hand out what arrived
+                            self.position += len(raw)
+                            yield raw
+                            continue
                         buf += raw
                         while len(buf) >= chunk_size:
                             out = bytes(buf[:chunk_size])

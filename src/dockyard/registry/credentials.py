@@ -248,30 +248,21 @@ class CredentialStore:
         helper = self.helper_for(registry, cfg)
         if helper is not None:
             self._helper_store(helper, key, creds)
-            entry: dict[str, Any] = {}
-        else:
-            entry = {}
-            if creds.has_basic:
-                entry["auth"] = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
-            if creds.identity_token:
-                entry["identitytoken"] = creds.identity_token
         auths = cfg.get("auths")
         if not isinstance(auths, dict):
             auths = {}
         old = auths.get(key)
-        if isinstance(old, dict) and isinstance(old.get("email"), str) and old["email"]:
-            entry = {
-                k: v
-                for k, v in (
-                    ("auth", entry.get("auth")),
-                    ("email", old["email"]),
-                    ("identitytoken", entry.get("identitytoken")),
-                )
-                if v
-            }
+        email = old.get("email") if isinstance(old, dict) else None
+        # AuthConfig's field order; with a helper only the (deprecated) email stays in the file
+        entry: dict[str, Any] = {}
+        if helper is None and creds.has_basic:
+            entry["auth"] = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+        if isinstance(email, str) and email:
+            entry["email"] = email
+        if helper is None and creds.identity_token:
+            entry["identitytoken"] = creds.identity_token
         auths[key] = entry
-        cfg = _with_auths(cfg, auths)
-        self._save(cfg)
+        self._save(_with_auths(cfg, auths))
         return key
 
     def erase(self, registry: str) -> bool:
