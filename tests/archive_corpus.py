@@ -105,10 +105,7 @@ def header(
         _put(blk, 488, 12, star_ctime if star_ctime is not None else _num(0, 12))
         blk[508:512] = b"tar\x00"
     blk[148:156] = b" " * 8
-    if checksum == "signed":
-        s = sum(c - 256 if c >= 128 else c for c in blk)
-    else:
-        s = sum(blk)
+    s = sum(c - 256 if c >= 128 else c for c in blk) if checksum == "signed" else sum(blk)
     if checksum == "bad":
         s += 1
     blk[148:156] = b"%06o\x00 " % (s & 0o777777)
@@ -134,7 +131,9 @@ def pax_data(records: list[tuple[bytes, bytes]]) -> bytes:
     return out
 
 
-def pax_entry(records: list[tuple[bytes, bytes]], *, typeflag: bytes = b"x", name: bytes = b"PaxHeaders/x") -> bytes:
+def pax_entry(
+    records: list[tuple[bytes, bytes]], *, typeflag: bytes = b"x", name: bytes = b"PaxHeaders/x"
+) -> bytes:
     d = pax_data(records)
     return entry(header(name, typeflag=typeflag, size=len(d)), d)
 
@@ -413,9 +412,20 @@ def gnu_tar_create(out: Path, src: Path, *args: str, members: tuple[str, ...] = 
 
 
 # ============================================================================ Python tarfile
-def _ti(name: str, *, type_: bytes = tarfile.REGTYPE, size: int = 0, mode: int = 0o644, uid: int = 0,
-        gid: int = 0, mtime: int = 1_600_000_000, linkname: str = "", pax: dict[str, str] | None = None,
-        devmajor: int = 0, devminor: int = 0) -> tarfile.TarInfo:
+def _ti(
+    name: str,
+    *,
+    type_: bytes = tarfile.REGTYPE,
+    size: int = 0,
+    mode: int = 0o644,
+    uid: int = 0,
+    gid: int = 0,
+    mtime: int = 1_600_000_000,
+    linkname: str = "",
+    pax: dict[str, str] | None = None,
+    devmajor: int = 0,
+    devminor: int = 0,
+) -> tarfile.TarInfo:
     ti = tarfile.TarInfo(name)
     ti.type = type_
     ti.size = size
@@ -432,7 +442,9 @@ def _ti(name: str, *, type_: bytes = tarfile.REGTYPE, size: int = 0, mode: int =
 
 def _pytar(out: Path, fmt: int, members: list[tuple[tarfile.TarInfo, bytes]], **kw: object) -> None:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=fmt, encoding="utf-8", errors="surrogateescape", **kw) as t:
+    with tarfile.open(
+        fileobj=buf, mode="w", format=fmt, encoding="utf-8", errors="surrogateescape", **kw
+    ) as t:
         for ti, data in members:
             t.addfile(ti, io.BytesIO(data) if ti.isreg() else None)
     out.write_bytes(buf.getvalue())
@@ -469,27 +481,67 @@ def _py_gnu(out: Path) -> None:
 def _py_pax(out: Path) -> None:
     cap = CAP_V2.decode("utf-8", "surrogateescape")
     m: list[tuple[tarfile.TarInfo, bytes]] = []
-    m.append((_ti("d/", type_=tarfile.DIRTYPE, mode=0o755, mtime=1_300_000_000,
-                  pax={"mtime": "1300000000.000000001", "SCHILY.xattr.user.d": "1"}), b""))
-    m.append((_ti("d/f_ns", size=5, mtime=1_700_000_000,
-                  pax={"mtime": "1700000000.123456789", "atime": "1700000001.5"}), b"hello"))
-    m.append((_ti("d/f_xattr", size=1, pax={
-        "SCHILY.xattr.user.a": "1",
-        "SCHILY.xattr.user.empty": "",
-        "SCHILY.xattr.security.capability": cap,
-        "SCHILY.xattr.trusted.t": "x",
-    }), b"x"))
+    m.append(
+        (
+            _ti(
+                "d/",
+                type_=tarfile.DIRTYPE,
+                mode=0o755,
+                mtime=1_300_000_000,
+                pax={"mtime": "1300000000.000000001", "SCHILY.xattr.user.d": "1"},
+            ),
+            b"",
+        )
+    )
+    m.append(
+        (
+            _ti(
+                "d/f_ns",
+                size=5,
+                mtime=1_700_000_000,
+                pax={"mtime": "1700000000.123456789", "atime": "1700000001.5"},
+            ),
+            b"hello",
+        )
+    )
+    m.append(
+        (
+            _ti(
+                "d/f_xattr",
+                size=1,
+                pax={
+                    "SCHILY.xattr.user.a": "1",
+                    "SCHILY.xattr.user.empty": "",
+                    "SCHILY.xattr.security.capability": cap,
+                    "SCHILY.xattr.trusted.t": "x",
+                },
+            ),
+            b"x",
+        )
+    )
     m.append((_ti("f_bigid", size=1, uid=5_000_000, gid=6_000_000), b"b"))
     m.append((_ti("f_2500", size=1, mtime=0, pax={"mtime": "16725225600.5"}), b"f"))
     m.append((_ti("f_neg", size=1, mtime=0, pax={"mtime": "-1.25"}), b"n"))
     m.append((_ti("f_frac9plus", size=1, pax={"mtime": "1500000000.1234567899"}), b"9"))  # right-truncated
     m.append((_ti("\udce9-latin1", size=1), b"l"))  # path record with hdrcharset=BINARY
-    m.append((_ti("sym_ns", type_=tarfile.SYMTYPE, linkname="d/f_ns", pax={"mtime": "1234567890.987654321"}), b""))
+    m.append(
+        (_ti("sym_ns", type_=tarfile.SYMTYPE, linkname="d/f_ns", pax={"mtime": "1234567890.987654321"}), b"")
+    )
     m.append((_ti("sym_2500", type_=tarfile.SYMTYPE, linkname="f_2500", pax={"mtime": "16725225600"}), b""))
     m.append((_ti("p" * 150 + "/" + "q" * 150, size=2), b"pq"))  # PAX path; parent implied
     m.append((_ti("linklong", type_=tarfile.SYMTYPE, linkname="z" * 200), b""))
-    m.append((_ti("hl", type_=tarfile.LNKTYPE, linkname="d/f_ns",
-                  pax={"mtime": "1700000000.123456789"}, mtime=1_700_000_000), b""))
+    m.append(
+        (
+            _ti(
+                "hl",
+                type_=tarfile.LNKTYPE,
+                linkname="d/f_ns",
+                pax={"mtime": "1700000000.123456789"},
+                mtime=1_700_000_000,
+            ),
+            b"",
+        )
+    )
     _pytar(out, tarfile.PAX_FORMAT, m, pax_headers={"comment": "a global header", "user.x": "y"})
 
 
@@ -555,8 +607,12 @@ def _with_gnu_atime(name: bytes, atime: int, data: bytes) -> bytes:
 
 
 def _raw_star() -> bytes:
-    t = entry(header(b"file", prefix=b"starprefix", fmt="star", star_atime=1_700_000_100, size=3,
-                     mtime=1_700_000_000), b"abc")
+    t = entry(
+        header(
+            b"file", prefix=b"starprefix", fmt="star", star_atime=1_700_000_100, size=3, mtime=1_700_000_000
+        ),
+        b"abc",
+    )
     t += _with_gnu_atime(b"gnu-atime", 1_700_000_200, b"xyz")
     return t + END
 
@@ -578,8 +634,15 @@ def _raw_star_bad_ctime() -> bytes:
 
 def _raw_sparse_missing_data() -> bytes:
     """A sparse map that references more data than the entry holds (Go: errMissData)."""
-    t = pax_entry([(b"GNU.sparse.major", b"0"), (b"GNU.sparse.minor", b"1"), (b"GNU.sparse.size", b"2048"),
-                   (b"GNU.sparse.numblocks", b"1"), (b"GNU.sparse.map", b"0,1024")])
+    t = pax_entry(
+        [
+            (b"GNU.sparse.major", b"0"),
+            (b"GNU.sparse.minor", b"1"),
+            (b"GNU.sparse.size", b"2048"),
+            (b"GNU.sparse.numblocks", b"1"),
+            (b"GNU.sparse.map", b"0,1024"),
+        ]
+    )
     return t + entry(header(b"sp", size=512), b"A" * 512) + entry(header(b"next", size=3), b"nxt") + END
 
 
@@ -593,9 +656,16 @@ def _raw_sparse_pax01() -> bytes:
     The map ends with an empty fragment at the real size, as GNU tar writes it (GNU tar does not
     extend a file past its last fragment when extracting; Go does)."""
     data = b"abc" + b"xy"
-    t = pax_entry([(b"GNU.sparse.major", b"0"), (b"GNU.sparse.minor", b"1"),
-                   (b"GNU.sparse.name", b"sparse01"), (b"GNU.sparse.size", b"6000"),
-                   (b"GNU.sparse.numblocks", b"3"), (b"GNU.sparse.map", b"1000,3,5000,2,6000,0")])
+    t = pax_entry(
+        [
+            (b"GNU.sparse.major", b"0"),
+            (b"GNU.sparse.minor", b"1"),
+            (b"GNU.sparse.name", b"sparse01"),
+            (b"GNU.sparse.size", b"6000"),
+            (b"GNU.sparse.numblocks", b"3"),
+            (b"GNU.sparse.map", b"1000,3,5000,2,6000,0"),
+        ]
+    )
     t += entry(header(b"GNUSparseFile.0/sparse01", size=len(data)), data)
     return t + END
 
@@ -604,10 +674,17 @@ def _raw_sparse_pax00_unterminated() -> bytes:
     """PAX 0.0 sparse (repeated offset/numbytes records, no version records), the map not
     reaching the real size."""
     data = b"0123" + b"end"
-    t = pax_entry([(b"GNU.sparse.size", b"9000"), (b"GNU.sparse.numblocks", b"2"),
-                   (b"GNU.sparse.offset", b"0"), (b"GNU.sparse.numbytes", b"4"),
-                   (b"GNU.sparse.offset", b"8000"), (b"GNU.sparse.numbytes", b"3"),
-                   (b"path", b"sparse00")])
+    t = pax_entry(
+        [
+            (b"GNU.sparse.size", b"9000"),
+            (b"GNU.sparse.numblocks", b"2"),
+            (b"GNU.sparse.offset", b"0"),
+            (b"GNU.sparse.numbytes", b"4"),
+            (b"GNU.sparse.offset", b"8000"),
+            (b"GNU.sparse.numbytes", b"3"),
+            (b"path", b"sparse00"),
+        ]
+    )
     t += entry(header(b"GNUSparseFile.0/sparse00", size=len(data)), data)
     t += entry(header(b"after", size=2), b"ok")
     return t + END
@@ -625,8 +702,9 @@ class Case:
     whiteouts: bool = False
 
 
-def _gnu(flavor: str, *args: str, post: Callable[[bytes], bytes] | None = None,
-         members: tuple[str, ...] = (".",)) -> Callable[[Path, Path], None]:
+def _gnu(
+    flavor: str, *args: str, post: Callable[[bytes], bytes] | None = None, members: tuple[str, ...] = (".",)
+) -> Callable[[Path, Path], None]:
     def make(out: Path, work: Path) -> None:
         src = build_tree(work / f"tree-{flavor}", flavor)
         if post is None:
@@ -697,22 +775,47 @@ CASES: list[Case] = [
     Case("gnutar-posix-global", _gnu("v7", "--format=posix", "--pax-option=comment=hello"), needs_gnu=True),
     Case("gnutar-ustar", _gnu("ustar", "--format=ustar"), needs_gnu=True),
     Case("gnutar-v7", _gnu("v7", "--format=v7"), needs_gnu=True),
-    Case("gnutar-gnu-b1-noroot", _gnu("v7", "--format=gnu", "-b", "1", members=("d", "f1", "abs", "hl_other")),
-         needs_gnu=True),
-    Case("gnutar-posix-sparse-1.0", _gnu("sparse", "--format=posix", "--sparse", "--sparse-version=1.0"),
-         needs_gnu=True),
-    Case("gnutar-posix-sparse-0.1", _gnu("sparse", "--format=posix", "--sparse", "--sparse-version=0.1"),
-         needs_gnu=True),
-    Case("gnutar-posix-sparse-0.0", _gnu("sparse", "--format=posix", "--sparse", "--sparse-version=0.0"),
-         needs_gnu=True),
-    Case("gnutar-gnu-sparse-S", _gnu("sparse", "--format=gnu", "--sparse"), needs_gnu=True,
-         gnu_compare=False, expect_error=r"unsupported tar entry type 'S'"),
-    Case("gnutar-oldgnu-sparse-S", _gnu("sparse", "--format=oldgnu", "--sparse"), needs_gnu=True,
-         gnu_compare=False, expect_error=r"unsupported tar entry type 'S'"),
+    Case(
+        "gnutar-gnu-b1-noroot",
+        _gnu("v7", "--format=gnu", "-b", "1", members=("d", "f1", "abs", "hl_other")),
+        needs_gnu=True,
+    ),
+    Case(
+        "gnutar-posix-sparse-1.0",
+        _gnu("sparse", "--format=posix", "--sparse", "--sparse-version=1.0"),
+        needs_gnu=True,
+    ),
+    Case(
+        "gnutar-posix-sparse-0.1",
+        _gnu("sparse", "--format=posix", "--sparse", "--sparse-version=0.1"),
+        needs_gnu=True,
+    ),
+    Case(
+        "gnutar-posix-sparse-0.0",
+        _gnu("sparse", "--format=posix", "--sparse", "--sparse-version=0.0"),
+        needs_gnu=True,
+    ),
+    Case(
+        "gnutar-gnu-sparse-S",
+        _gnu("sparse", "--format=gnu", "--sparse"),
+        needs_gnu=True,
+        gnu_compare=False,
+        expect_error=r"unsupported tar entry type 'S'",
+    ),
+    Case(
+        "gnutar-oldgnu-sparse-S",
+        _gnu("sparse", "--format=oldgnu", "--sparse"),
+        needs_gnu=True,
+        gnu_compare=False,
+        expect_error=r"unsupported tar entry type 'S'",
+    ),
     Case("gnutar-no-end-marker", _gnu("v7", "--format=gnu", post=_cut_end(0)), needs_gnu=True),
     Case("gnutar-one-zero-block", _gnu("v7", "--format=gnu", post=_cut_end(1)), needs_gnu=True),
-    Case("gnutar-trailing-garbage", _gnu("v7", "--format=ustar", post=_append(b"garbage after the end" * 37)),
-         needs_gnu=True),
+    Case(
+        "gnutar-trailing-garbage",
+        _gnu("v7", "--format=ustar", post=_append(b"garbage after the end" * 37)),
+        needs_gnu=True,
+    ),
     Case("gnutar-record-padding-straddles-1MiB", _record_straddle, needs_gnu=True),
     Case("py-gnu", _py(_py_gnu)),
     Case("py-pax", _py(_py_pax)),
@@ -730,12 +833,27 @@ CASES: list[Case] = [
     Case("raw-sparse-pax-0.0-unterminated", _bytes(_raw_sparse_pax00_unterminated), gnu_compare=False),
     # GNU tar insists on the whole last block ("Unexpected EOF"); Go reads the data and stops.
     Case("raw-truncated-final-padding", _bytes(_truncated_padding), gnu_compare=False),
-    Case("raw-duplicate-paths", _bytes(_raw_dup), gnu_compare=False,
-         expect_error=r"duplicates of file paths not supported", cli_error="duplicates of file paths not supported"),
-    Case("raw-star-invalid-ctime", _bytes(_raw_star_bad_ctime), gnu_compare=False,
-         expect_error=r"invalid tar header", cli_error="archive/tar: invalid tar header"),
-    Case("raw-sparse-missing-data", _bytes(_raw_sparse_missing_data), gnu_compare=False,
-         expect_error=r"", cli_error="sparse file references non-existent data"),
+    Case(
+        "raw-duplicate-paths",
+        _bytes(_raw_dup),
+        gnu_compare=False,
+        expect_error=r"duplicates of file paths not supported",
+        cli_error="duplicates of file paths not supported",
+    ),
+    Case(
+        "raw-star-invalid-ctime",
+        _bytes(_raw_star_bad_ctime),
+        gnu_compare=False,
+        expect_error=r"invalid tar header",
+        cli_error="archive/tar: invalid tar header",
+    ),
+    Case(
+        "raw-sparse-missing-data",
+        _bytes(_raw_sparse_missing_data),
+        gnu_compare=False,
+        expect_error=r"",
+        cli_error="sparse file references non-existent data",
+    ),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
 
@@ -779,7 +897,9 @@ def snapshot(root: Path | str) -> dict[bytes, Node]:
             if kind == stat.S_IFREG:
                 with open(p, "rb") as f:
                     sha = hashlib.sha256(f.read()).hexdigest()
-            xattrs = {k: os.getxattr(p, k, follow_symlinks=False) for k in os.listxattr(p, follow_symlinks=False)}
+            xattrs = {
+                k: os.getxattr(p, k, follow_symlinks=False) for k in os.listxattr(p, follow_symlinks=False)
+            }
             out[r] = Node(
                 kind=kind,
                 mode=stat.S_IMODE(st.st_mode),
@@ -788,7 +908,9 @@ def snapshot(root: Path | str) -> dict[bytes, Node]:
                 size=st.st_size,
                 sha256=sha,
                 target=os.readlink(p) if kind == stat.S_IFLNK else None,
-                rdev=(os.major(st.st_rdev), os.minor(st.st_rdev)) if kind in (stat.S_IFCHR, stat.S_IFBLK) else None,
+                rdev=(os.major(st.st_rdev), os.minor(st.st_rdev))
+                if kind in (stat.S_IFCHR, stat.S_IFBLK)
+                else None,
                 xattrs=xattrs,
                 mtime_ns=st.st_mtime_ns,
                 atime_ns=st.st_atime_ns,
@@ -814,7 +936,7 @@ def docker_directory_size(root: Path | str) -> int:
     zero-sized ones skipped."""
     seen: set[int] = set()
     total = 0
-    for p, n in snapshot(root).items():
+    for n in snapshot(root).values():
         if n.kind == stat.S_IFDIR or n.size == 0 or n.ino in seen:
             continue
         seen.add(n.ino)

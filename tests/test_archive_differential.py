@@ -15,8 +15,10 @@ For every tar of the corpus (:mod:`archive_corpus`):
 About the tar-split versions. Debian's ``tar-split`` package 0.11.2+ds1 prints
 ``v0.10.1-4-gf280282``: upstream never regenerated ``version/version.go`` after v0.10.1, so the
 binary says v0.10.1 but *is* v0.11.2, what dockerd 20.10.x vendors (moby v20.10.24 vendor.conf:
-tar-split 80a436f, v0.11.2). The only place where the disassembler output of the versions in
-question differs is the tail after the end of the archive (``tar/asm/disassemble.go``):
+tar-split 80a436f, v0.11.2). Between the versions in question the disassembler loop
+(``tar/asm/disassemble.go``) differs only in how it stores the tail after the end of the archive
+(v0.10.x also carried an older, pre-go1.11 ``archive/tar`` fork, whose verdicts on odd headers
+differ; that is not papered over -- the installed binary is v0.11.2):
 
 - up to v0.10.1: ``ioutil.ReadAll`` of the rest, stored as ONE segment (``""`` when empty);
 - v0.10.2 .. v0.11.3 (3d9db48, CVE-2017-14992): the rest in ``Read`` chunks of at most 1 MiB,
@@ -125,7 +127,9 @@ class _Session:
             with open(tar, "rb") as f:
                 p = subprocess.run(
                     [TAR_SPLIT, "disasm", "--no-stdout", "--output", str(out), "-"],
-                    stdin=f, capture_output=True, timeout=60,
+                    stdin=f,
+                    capture_output=True,
+                    timeout=60,
                 )
             js = gzip.decompress(out.read_bytes()) if p.returncode == 0 else b""
             self._cli[name] = (p.returncode, js, p.stderr.decode(errors="replace"))
@@ -137,9 +141,19 @@ class _Session:
             dest = self.root / "gnu" / name
             dest.mkdir(parents=True)
             p = subprocess.run(
-                [ac.GNU_TAR, "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf",
-                 str(self.tar(name)), "-C", str(dest)],
-                capture_output=True, env=dict(os.environ, LC_ALL="C"), timeout=60,
+                [
+                    ac.GNU_TAR,
+                    "--xattrs",
+                    "--xattrs-include=*",
+                    "--numeric-owner",
+                    "-xpf",
+                    str(self.tar(name)),
+                    "-C",
+                    str(dest),
+                ],
+                capture_output=True,
+                env=dict(os.environ, LC_ALL="C"),
+                timeout=60,
             )
             self._gnu[name] = (dest, p.returncode, p.stderr.decode(errors="replace"))
         return self._gnu[name]
@@ -176,8 +190,12 @@ def cli_flavor() -> str:
         tar = ac.entry(ac.header(b"f", size=1), b"x") + ac.END + trailing
         with tempfile.TemporaryDirectory() as d:
             out = os.path.join(d, "p.json.gz")
-            subprocess.run([TAR_SPLIT, "disasm", "--no-stdout", "--output", out, "-"],
-                           input=tar, check=True, capture_output=True)
+            subprocess.run(
+                [TAR_SPLIT, "disasm", "--no-stdout", "--output", out, "-"],
+                input=tar,
+                check=True,
+                capture_output=True,
+            )
             with gzip.open(out) as f:
                 return _lines(f.read())
 
@@ -202,7 +220,9 @@ def expected_cli_json(ours: bytes, tar: bytes, flavor: str) -> bytes:
     lines = ours.splitlines(keepends=True)
     objs = [json.loads(x) for x in lines]
     trailing_len = len(tar) - ac.walk(tar).logical_end - ac.walk(tar).lost_padding
-    assert objs[-1] == {"type": 2, "payload": "", "position": len(objs) - 1}, "our JSON must end with an empty segment"
+    assert objs[-1] == {"type": 2, "payload": "", "position": len(objs) - 1}, (
+        "our JSON must end with an empty segment"
+    )
     k = len(objs) - 1  # lines[k:] are the trailing segments (+ the empty one)
     got = 0
     while got < trailing_len:
@@ -211,10 +231,8 @@ def expected_cli_json(ours: bytes, tar: bytes, flavor: str) -> bytes:
         got += len(base64.b64decode(objs[k]["payload"]))
     assert got == trailing_len
     rest = tar[len(tar) - trailing_len :] if trailing_len else b""
-    if flavor == "readall":
-        payloads = [rest]
-    else:  # "chunks": 1 MiB reads, no empty segment at EOF
-        payloads = [rest[i : i + ac.MiB] for i in range(0, len(rest), ac.MiB)]
+    # "readall": one segment; "chunks": 1 MiB reads, no empty segment at EOF
+    payloads = [rest] if flavor == "readall" else [rest[i : i + ac.MiB] for i in range(0, len(rest), ac.MiB)]
     out = b"".join(lines[:k])
     for i, p in enumerate(payloads):
         out += b'{"type":2,"payload":"%s","position":%d}\n' % (base64.b64encode(p), k + i)
@@ -223,6 +241,20 @@ def expected_cli_json(ours: bytes, tar: bytes, flavor: str) -> bytes:
 
 def test_cli_flavor_is_known() -> None:
     assert cli_flavor() in ("readall", "chunks+empty", "chunks")
+
+
+@pytest.mark.parametrize("trailing", [b"", b"G" * 10])
+def test_flavor_rewrite_only_touches_the_tail(tmp_path: Path, trailing: bytes) -> None:
+    tar = ac.entry(ac.header(b"f", size=3), b"abc") + ac.END + trailing
+    buf = io.BytesIO()
+    apply_layer(io.BytesIO(tar).read, str(tmp_path), buf.write)
+    ours = buf.getvalue()
+    lines = ours.splitlines(keepends=True)
+    head = b"".join(lines[:3])  # header segment, file, end-of-archive segment
+    assert expected_cli_json(ours, tar, "chunks+empty") == ours
+    seg = b'{"type":2,"payload":"%s","position":3}\n' % base64.b64encode(trailing)
+    assert expected_cli_json(ours, tar, "readall") == head + seg
+    assert expected_cli_json(ours, tar, "chunks") == head + (seg if trailing else b"")
 
 
 # ================================================================================ the checks
@@ -235,11 +267,13 @@ def _describe(line: bytes) -> str:
 
 def _first_difference(a: bytes, b: bytes) -> str:
     la, lb = a.splitlines(), b.splitlines()
-    for i, (x, y) in enumerate(zip(la, lb)):
+    for i, (x, y) in enumerate(zip(la, lb, strict=False)):
         if x != y:
-            return (f"first at line {i} of ours {len(la)} / tar-split {len(lb)} lines:\n"
-                    f"  ours:      {[_describe(z) for z in la[i:i + 4]]}\n"
-                    f"  tar-split: {[_describe(z) for z in lb[i:i + 4]]}")
+            return (
+                f"first at line {i} of ours {len(la)} / tar-split {len(lb)} lines:\n"
+                f"  ours:      {[_describe(z) for z in la[i : i + 4]]}\n"
+                f"  tar-split: {[_describe(z) for z in lb[i : i + 4]]}"
+            )
     return f"line counts differ: ours {len(la)}, tar-split {len(lb)}"
 
 
@@ -262,7 +296,9 @@ def test_diff_id_size_and_counts(sess: _Session, name: str) -> None:
     rc, ref, err = sess.cli_disasm(name)
     assert rc == 0, err
     assert o.result.entries == sum(1 for x in _lines(ref) if x["type"] == 1)
-    assert o.result.size == ac.docker_directory_size(o.dest), "size must be Docker's directory.Size of the diff"
+    assert o.result.size == ac.docker_directory_size(o.dest), (
+        "size must be Docker's directory.Size of the diff"
+    )
 
 
 def _expected_reassembly(sess: _Session, name: str, o: Ours) -> tuple[bytes, bool]:
@@ -286,8 +322,11 @@ def test_tar_split_asm_of_our_tarsplit_rebuilds_the_tar(sess: _Session, name: st
     gz = sess.root / "asm" / f"{name}.json.gz"
     gz.parent.mkdir(exist_ok=True)
     gz.write_bytes(gzip.compress(o.tarsplit))
-    p = subprocess.run([TAR_SPLIT, "asm", "--input", str(gz), "--path", str(o.dest), "--output", "-"],
-                       capture_output=True, timeout=60)
+    p = subprocess.run(
+        [TAR_SPLIT, "asm", "--input", str(gz), "--path", str(o.dest), "--output", "-"],
+        capture_output=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr.decode(errors="replace")
     want, limited = _expected_reassembly(sess, name, o)
     if limited:
@@ -343,10 +382,11 @@ def test_refused_like_docker(sess: _Session, name: str) -> None:
     The others tar-split's reader or packer refuses, so Docker cannot register them either."""
     case = ac.CASE_BY_NAME[name]
     o = sess.ours(name)
-    assert o.error is not None, f"{name} was accepted"
+    rc, _, err = sess.cli_disasm(name)
+    if o.error is None:
+        pytest.fail(f"{name} was accepted (tar-split disasm: rc={rc} {err.strip()[-100:]})")
     assert isinstance(o.error, LayerError)
     assert re.search(case.expect_error or "", str(o.error)), str(o.error)
-    rc, _, err = sess.cli_disasm(name)
     if case.cli_error:
         assert rc != 0 and case.cli_error in err, err
     else:
@@ -368,8 +408,13 @@ def _docker_mtime(kind: int, gnu_ns: int, header_ns: int | None, scratch: Path) 
     return gnu_ns if 0 <= gnu_ns <= ac.GO_MAX_NS else 0
 
 
-def compare_with_gnu(ours: dict[bytes, ac.Node], gnu: dict[bytes, ac.Node], explicit: set[bytes],
-                     hdr_mtimes: dict[bytes, int], scratch: Path) -> list[str]:
+def compare_with_gnu(
+    ours: dict[bytes, ac.Node],
+    gnu: dict[bytes, ac.Node],
+    explicit: set[bytes],
+    hdr_mtimes: dict[bytes, int],
+    scratch: Path,
+) -> list[str]:
     bad: list[str] = []
     for p in sorted(set(ours) ^ set(gnu)):
         bad.append(f"{p!r}: only in {'ours' if p in ours else 'GNU tar'}")
@@ -438,7 +483,9 @@ def test_mutated_archives_agree_with_tar_split(sess: _Session) -> None:
     LayerError, nothing else); when both accept it the tar-split JSON is identical."""
     import random
 
-    seeds = [sess.tar(n).read_bytes() for n in ("py-gnu", "py-pax", "py-ustar", "raw-misc", "raw-sparse-pax-0.1")]
+    seeds = [
+        sess.tar(n).read_bytes() for n in ("py-gnu", "py-pax", "py-ustar", "raw-misc", "raw-sparse-pax-0.1")
+    ]
     rng = random.Random(7)
     problems: list[str] = []
     work = sess.root / "mutations"
@@ -447,8 +494,15 @@ def test_mutated_archives_agree_with_tar_split(sess: _Session) -> None:
         data = bytearray(rng.choice(seeds))
         for _ in range(rng.randint(1, 3)):
             blk = rng.randrange(len(data) // 512) * 512
-            off = blk + rng.choice([rng.randrange(512), 100 + rng.randrange(48), 156, 257 + rng.randrange(8),
-                                    345 + rng.randrange(40)])
+            off = blk + rng.choice(
+                [
+                    rng.randrange(512),
+                    100 + rng.randrange(48),
+                    156,
+                    257 + rng.randrange(8),
+                    345 + rng.randrange(40),
+                ]
+            )
             data[off] = rng.choice([0, 0x20, 0x30 + rng.randrange(10), 0x80, 0xFF, rng.randrange(256)])
         for b in range(0, len(data) - 511, 512):
             if data[b + 257 : b + 262] == b"ustar" and rng.random() < 0.9:
@@ -466,15 +520,21 @@ def test_mutated_archives_agree_with_tar_split(sess: _Session) -> None:
             ours = buf.getvalue()
         except LayerError:
             ours = None
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             problems.append(f"#{i}: {type(e).__name__}: {e}")
             continue
         out = work / f"{i}.json.gz"
-        p = subprocess.run([TAR_SPLIT, "disasm", "--no-stdout", "--output", str(out), "-"],
-                           input=tar, capture_output=True, timeout=60)
+        p = subprocess.run(
+            [TAR_SPLIT, "disasm", "--no-stdout", "--output", str(out), "-"],
+            input=tar,
+            capture_output=True,
+            timeout=60,
+        )
         if p.returncode != 0:
             if ours is not None:
-                problems.append(f"#{i}: tar-split refuses ({p.stderr.decode(errors='replace').strip()[-80:]}), we accept")
+                problems.append(
+                    f"#{i}: tar-split refuses ({p.stderr.decode(errors='replace').strip()[-80:]}), we accept"
+                )
             continue
         if ours is not None:
             ref = gzip.decompress(out.read_bytes())

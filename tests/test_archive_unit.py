@@ -1,4 +1,4 @@
-"""Focused unit tests of the layer-archive core (no peers needed; device nodes need root).
+"""Focused unit tests of the layer-archive core (no peers needed; run as root, as the suite is).
 
 The expectations come from Docker 20.10's pkg/archive (Unpack, createTarFile, the overlay
 whiteout converter, system.Chtimes/Mkdev), Go's archive/tar and path/filepath, and
@@ -146,16 +146,15 @@ def test_hostile_input_is_refused_and_nothing_escapes(arena: tuple[Path, Path], 
     assert (lst(canary).st_mtime_ns, lst(canary).st_mode) == (cst.st_mtime_ns, cst.st_mode)
     assert os.listxattr(canary) == []
     assert lst(canary / "file").st_nlink == 1
-    for p, n in ac.snapshot(dest).items():  # nothing in dest leads out either
-        if n.kind == stat.S_IFLNK:
-            assert n.target is not None
 
 
 @pytest.mark.parametrize(
     "first,second",
     [(b"a", b"./a"), (b"d/", b"d"), (b"a/b", b"a//b"), (b"x", b"x/"), (b"e", b"d/../e"), (b"./q/.", b"q")],
 )
-def test_duplicate_paths_are_refused_before_the_second_is_applied(tmp_path: Path, first: bytes, second: bytes) -> None:
+def test_duplicate_paths_are_refused_before_the_second_is_applied(
+    tmp_path: Path, first: bytes, second: bytes
+) -> None:
     data = F(first, b"1") + F(second, b"22") + END
     with pytest.raises(DuplicatePath, match="duplicates of file paths not supported"):
         apply_bytes(data, tmp_path / "d")
@@ -172,7 +171,7 @@ def _fix_checksum(blk: bytes) -> bytes:
 
 
 def test_header_checksum_error(tmp_path: Path) -> None:
-    with pytest.raises(LayerError, match="checksum|invalid tar header"):
+    with pytest.raises(LayerError, match=r"checksum|invalid tar header"):
         apply_bytes(entry(header(b"a", size=1, checksum="bad"), b"x") + END, tmp_path / "d")
 
 
@@ -207,15 +206,21 @@ def test_zero_block_followed_by_data(tmp_path: Path) -> None:
     [
         pytest.param(header(b"a", size=1000) + b"y" * 600, id="file-data"),
         pytest.param(F(b"a") + header(b"b", size=1)[:300], id="header"),
-        pytest.param(pax_entry([(b"path", b"long-name")])[:512 + 10], id="pax-data"),
-        pytest.param(gnu_long(b"L", b"z" * 600)[:512 + 100], id="gnu-long-name"),
+        pytest.param(pax_entry([(b"path", b"long-name")])[: 512 + 10], id="pax-data"),
+        pytest.param(gnu_long(b"L", b"z" * 600)[: 512 + 100], id="gnu-long-name"),
         pytest.param(F(b"a") + bytes(512) + bytes(100), id="end-marker"),
-        pytest.param(pax_entry([(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"), (b"GNU.sparse.realsize", b"9")])
-                     + header(b"s", size=1024) + b"1\n", id="sparse-map"),
+        pytest.param(
+            pax_entry(
+                [(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"), (b"GNU.sparse.realsize", b"9")]
+            )
+            + header(b"s", size=1024)
+            + b"1\n",
+            id="sparse-map",
+        ),
     ],
 )
 def test_truncated_stream(tmp_path: Path, data: bytes) -> None:
-    with pytest.raises(LayerError, match="(?i)unexpected end|truncated"):
+    with pytest.raises(LayerError, match=r"(?i)unexpected end|truncated"):
         apply_bytes(data, tmp_path / "d")
 
 
@@ -241,8 +246,12 @@ HUGE = [
     pytest.param(pax_entry([(b"size", b"%d" % (1 << 50))]) + header(b"a", size=1), id="pax-size-2^50"),
     pytest.param(header(b"PaxHeader", typeflag=b"x", size=1 << 40), id="pax-header-2^40"),
     pytest.param(header(b"././@LongLink", typeflag=b"L", size=1 << 40, fmt="gnu"), id="gnu-longname-2^40"),
-    pytest.param(pax_entry([(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"), (b"GNU.sparse.realsize", b"10")])
-                 + header(b"s", size=1 << 40) + b"999999999999\n".ljust(512, b"\x00"), id="sparse-1.0-entry-count"),
+    pytest.param(
+        pax_entry([(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"), (b"GNU.sparse.realsize", b"10")])
+        + header(b"s", size=1 << 40)
+        + b"999999999999\n".ljust(512, b"\x00"),
+        id="sparse-1.0-entry-count",
+    ),
     pytest.param(header(b"a", size_field=ac._num(-1, 12)), id="negative-size"),
 ]
 
@@ -262,10 +271,15 @@ def test_huge_sizes_fail_fast_without_allocating(tmp_path: Path, data: bytes) ->
 
 
 def test_huge_size_on_header_only_type_is_ignored(tmp_path: Path) -> None:
-    data = entry(header(b"sl", typeflag=b"2", linkname=b"t", size_field=ac._num(1 << 62, 12, b256=True))) + F(b"next") + END
+    data = (
+        entry(header(b"sl", typeflag=b"2", linkname=b"t", size_field=ac._num(1 << 62, 12, b256=True)))
+        + F(b"next")
+        + END
+    )
     r, js = apply_bytes(data, tmp_path / "d")
     assert os.readlink(tmp_path / "d" / "sl") == "t"
     assert (tmp_path / "d" / "next").read_bytes() == b"x"
+    assert r.size == 2 == ac.docker_directory_size(tmp_path / "d")
     # tar-split keeps the header's size and the CRC of the (empty) content
     line = next(x for x in js if x.get("name") == "sl")
     assert line["size"] == 1 << 62 and line["payload"] == base64.b64encode(bytes(8)).decode()
@@ -273,8 +287,15 @@ def test_huge_size_on_header_only_type_is_ignored(tmp_path: Path) -> None:
 
 def test_sparse_map_referencing_missing_data(tmp_path: Path) -> None:
     """Go: errMissData ("sparse file references non-existent data")."""
-    data = pax_entry([(b"GNU.sparse.major", b"0"), (b"GNU.sparse.minor", b"1"), (b"GNU.sparse.size", b"2048"),
-                      (b"GNU.sparse.numblocks", b"1"), (b"GNU.sparse.map", b"0,1024")])
+    data = pax_entry(
+        [
+            (b"GNU.sparse.major", b"0"),
+            (b"GNU.sparse.minor", b"1"),
+            (b"GNU.sparse.size", b"2048"),
+            (b"GNU.sparse.numblocks", b"1"),
+            (b"GNU.sparse.map", b"0,1024"),
+        ]
+    )
     data += entry(header(b"sp", size=512), b"A" * 512) + F(b"next", b"nxt") + END
     with pytest.raises(LayerError):
         apply_bytes(data, tmp_path / "d")
@@ -289,8 +310,13 @@ def test_star_header_with_invalid_ctime_is_refused_like_go(tmp_path: Path) -> No
 
 
 def test_star_header_prefix_and_atime(tmp_path: Path) -> None:
-    data = entry(header(b"f", fmt="star", prefix=b"pre", size=1, mtime=1_600_000_000,
-                        star_atime=1_600_000_500), b"x") + END
+    data = (
+        entry(
+            header(b"f", fmt="star", prefix=b"pre", size=1, mtime=1_600_000_000, star_atime=1_600_000_500),
+            b"x",
+        )
+        + END
+    )
     apply_bytes(data, tmp_path / "d")
     st = lst(tmp_path / "d" / "pre" / "f")
     assert st.st_atime_ns == 1_600_000_500 * 10**9 and st.st_mtime_ns == 1_600_000_000 * 10**9
@@ -365,7 +391,9 @@ def test_dir_entry_after_implicit_creation_merges_metadata(tmp_path: Path) -> No
     ],
     ids=["file", "symlink", "fifo"],
 )
-def test_entry_replacing_an_implicit_dir_removes_it(tmp_path: Path, replacement: bytes, check: object) -> None:
+def test_entry_replacing_an_implicit_dir_removes_it(
+    tmp_path: Path, replacement: bytes, check: object
+) -> None:
     dest = tmp_path / "d"
     r, _ = apply_bytes(F(b"x/y/z", b"0123456789") + F(b"x/w", b"w") + replacement + END, dest)
     assert check(dest / "x")  # type: ignore[operator]
@@ -423,7 +451,12 @@ def test_hard_link_entry_metadata_applies_to_the_inode(tmp_path: Path) -> None:
     )
     apply_bytes(data, dest)
     f = lst(dest / "f")
-    assert (stat.S_IMODE(f.st_mode), f.st_uid, f.st_gid, f.st_mtime_ns) == (0o600, 2, 3, 1_100_000_000 * 10**9)
+    assert (stat.S_IMODE(f.st_mode), f.st_uid, f.st_gid, f.st_mtime_ns) == (
+        0o600,
+        2,
+        3,
+        1_100_000_000 * 10**9,
+    )
     s = lst(dest / "s")  # hard link to a symlink: lchown only, no chmod, no chtimes
     assert stat.S_ISLNK(s.st_mode) and (s.st_uid, s.st_gid) == (5, 6)
     assert s.st_mtime_ns == 1_200_000_000 * 10**9 and s.st_ino == lst(dest / "ls").st_ino
@@ -467,12 +500,22 @@ def test_device_numbers_use_dockers_mkdev(tmp_path: Path) -> None:
     def go_mkdev(major: int, minor: int) -> int:  # uint32(unix.Mkdev(uint32(major), uint32(minor)))
         major &= 0xFFFFFFFF
         minor &= 0xFFFFFFFF
-        dev = (major & 0x00000FFF) << 8 | (major & 0xFFFFF000) << 32 | (minor & 0xFF) | (minor & 0xFFFFFF00) << 12
+        dev = (
+            (major & 0x00000FFF) << 8
+            | (major & 0xFFFFF000) << 32
+            | (minor & 0xFF)
+            | (minor & 0xFFFFFF00) << 12
+        )
         return dev & 0xFFFFFFFF
 
     pairs = [(1, 3), (259, 65541), (4095, 1048575), (4096 + 5, (1 << 20) + 7), (8, 300)]
-    data = b"".join(entry(header(b"c%d" % i, typeflag=b"3", devmajor=ma, devminor=mi))
-                    for i, (ma, mi) in enumerate(pairs)) + END
+    data = (
+        b"".join(
+            entry(header(b"c%d" % i, typeflag=b"3", devmajor=ma, devminor=mi))
+            for i, (ma, mi) in enumerate(pairs)
+        )
+        + END
+    )
     apply_bytes(data, tmp_path / "d")
     for i, (ma, mi) in enumerate(pairs):
         assert lst(tmp_path / "d" / f"c{i}").st_rdev == go_mkdev(ma, mi), (ma, mi)
@@ -513,8 +556,12 @@ def test_implied_dirs_inherit_setgid_whatever_the_umask(tmp_path: Path) -> None:
 @needs_root
 def test_modes_do_not_depend_on_the_umask(tmp_path: Path) -> None:
     data = (
-        D(b"d/", mode=0o777) + F(b"d/f", mode=0o666) + entry(header(b"p", typeflag=b"6", mode=0o666))
-        + F(b"x", mode=0o4777) + D(b"t/", mode=0o1777) + END
+        D(b"d/", mode=0o777)
+        + F(b"d/f", mode=0o666)
+        + entry(header(b"p", typeflag=b"6", mode=0o666))
+        + F(b"x", mode=0o4777)
+        + D(b"t/", mode=0o1777)
+        + END
     )
     old = os.umask(0o077)
     try:
@@ -523,6 +570,50 @@ def test_modes_do_not_depend_on_the_umask(tmp_path: Path) -> None:
         os.umask(old)
     modes = {p: stat.S_IMODE(lst(tmp_path / "d" / p).st_mode) for p in ("d", "d/f", "p", "x", "t")}
     assert modes == {"d": 0o777, "d/f": 0o666, "p": 0o666, "x": 0o4777, "t": 0o1777}
+
+
+@needs_root
+def test_xattrs_the_filesystem_refuses_are_ignored_like_docker(tmp_path: Path) -> None:
+    """createTarFile ignores ENOTSUP and EPERM from lsetxattr (user.* on a symlink or a fifo is
+    EPERM; an unknown namespace is ENOTSUP) and fails on anything else."""
+    data = (
+        pax_entry([(b"SCHILY.xattr.user.x", b"1")])
+        + SL(b"s", b"t")
+        + pax_entry([(b"SCHILY.xattr.user.x", b"1")])
+        + entry(header(b"p", typeflag=b"6"))
+        + pax_entry([(b"SCHILY.xattr.bogus.x", b"1"), (b"SCHILY.xattr.user.kept", b"k")])
+        + F(b"f")
+        + pax_entry([(b"SCHILY.xattr.trusted.t", b"on-a-symlink")])
+        + SL(b"s2", b"t")
+        + END
+    )
+    r, _ = apply_bytes(data, tmp_path / "d")
+    assert r.ignored_xattrs == 3
+    d = tmp_path / "d"
+    assert os.listxattr(d / "s", follow_symlinks=False) == [] and os.listxattr(d / "p") == []
+    assert os.listxattr(d / "f") == ["user.kept"]
+    assert os.getxattr(d / "s2", "trusted.t", follow_symlinks=False) == b"on-a-symlink"
+
+
+@needs_root
+def test_invalid_capability_xattr_is_a_layer_error(tmp_path: Path) -> None:
+    with pytest.raises(LayerError):  # EINVAL is not ignored by Docker either
+        apply_bytes(
+            pax_entry([(b"SCHILY.xattr.security.capability", b"junk")]) + F(b"f") + END, tmp_path / "d"
+        )
+
+
+@needs_root
+def test_oversized_xattr_value_is_not_reported_as_a_full_disk(tmp_path: Path) -> None:
+    """ext4 answers setxattr of a 10 KB value with ENOSPC. Docker fails the layer too, but that
+    is the input's fault: a LayerError, not NoSpace ("no space left on device"). (Where the
+    filesystem takes such values, the xattr must simply be there.)"""
+    data = pax_entry([(b"SCHILY.xattr.user.big", b"v" * 10000)]) + F(b"f") + END
+    try:
+        apply_bytes(data, tmp_path / "d")
+    except LayerError:
+        return
+    assert os.getxattr(tmp_path / "d" / "f", "user.big") == b"v" * 10000
 
 
 def test_global_header_is_ignored_without_creating_parents(tmp_path: Path) -> None:
@@ -542,17 +633,33 @@ def test_tarsplit_lines_and_assemble(tmp_path: Path) -> None:
         F(b"a", b"hello")
         + F(b"lat-\xe9", b"")
         + F("<&>\u2028".encode(), b"q")
-        + pax_entry([(b"GNU.sparse.major", b"0"), (b"GNU.sparse.minor", b"1"), (b"GNU.sparse.size", b"70000"),
-                     (b"GNU.sparse.numblocks", b"2"), (b"GNU.sparse.map", b"10,3,69997,3")])
+        + pax_entry(
+            [
+                (b"GNU.sparse.major", b"0"),
+                (b"GNU.sparse.minor", b"1"),
+                (b"GNU.sparse.size", b"70000"),
+                (b"GNU.sparse.numblocks", b"2"),
+                (b"GNU.sparse.map", b"10,3,69997,3"),
+            ]
+        )
         + F(b"GNUSparseFile.1/sp", sparse_data)
         + END
     )
-    r, js = apply_bytes(data, dest)
+    _, js = apply_bytes(data, dest)
     files = [x for x in js if x["type"] == 1]
-    assert files[0] == {"type": 1, "name": "a", "size": 5, "payload": base64.b64encode(crc64_iso(b"hello")).decode(),
-                        "position": files[0]["position"]}
-    assert files[1] == {"type": 1, "name_raw": base64.b64encode(b"lat-\xe9").decode(), "payload": None,
-                        "position": files[1]["position"]}
+    assert files[0] == {
+        "type": 1,
+        "name": "a",
+        "size": 5,
+        "payload": base64.b64encode(crc64_iso(b"hello")).decode(),
+        "position": files[0]["position"],
+    }
+    assert files[1] == {
+        "type": 1,
+        "name_raw": base64.b64encode(b"lat-\xe9").decode(),
+        "payload": None,
+        "position": files[1]["position"],
+    }
     logical = bytes(10) + b"abc" + bytes(69997 - 13) + b"xyz"
     assert files[3]["size"] == 70000 and files[3]["payload"] == base64.b64encode(crc64_iso(logical)).decode()
     assert (dest / "GNUSparseFile.1" / "sp").read_bytes() == logical
@@ -587,7 +694,9 @@ def test_mutated_archives_only_ever_raise_layer_error(tmp_path: Path) -> None:
     LayerError (errors.py: anything else is a bug)."""
     work = tmp_path / "corpus"
     work.mkdir()
-    seeds = [ac.build(n, work).read_bytes() for n in ("py-gnu", "py-pax", "raw-misc", "raw-star-and-gnu-atime")]
+    seeds = [
+        ac.build(n, work).read_bytes() for n in ("py-gnu", "py-pax", "raw-misc", "raw-star-and-gnu-atime")
+    ]
     rng = random.Random(20240607)
     crashes: dict[str, int] = {}
     for i in range(300):
@@ -605,7 +714,7 @@ def test_mutated_archives_only_ever_raise_layer_error(tmp_path: Path) -> None:
             apply_layer(io.BytesIO(bytes(data)).read, str(dest), lambda b: None)
         except LayerError:
             pass
-        except Exception as e:  # noqa: BLE001 - that is the point
+        except Exception as e:  # that is the point
             key = f"{type(e).__name__}: {e}"
             crashes[key] = crashes.get(key, 0) + 1
     assert not crashes, crashes
@@ -613,15 +722,41 @@ def test_mutated_archives_only_ever_raise_layer_error(tmp_path: Path) -> None:
 
 # ================================================================================ go_clean
 GO_CLEAN = [  # Go's path/filepath cleantests
-    ("abc", "abc"), ("abc/def", "abc/def"), ("a/b/c", "a/b/c"), (".", "."), ("..", ".."),
-    ("../..", "../.."), ("../../abc", "../../abc"), ("/abc", "/abc"), ("/", "/"), ("", "."),
-    ("abc/", "abc"), ("abc/def/", "abc/def"), ("a/b/c/", "a/b/c"), ("./", "."), ("../", ".."),
-    ("../../", "../.."), ("/abc/", "/abc"), ("abc//def//ghi", "abc/def/ghi"), ("//abc", "/abc"),
-    ("///abc", "/abc"), ("//abc//", "/abc"), ("abc//", "abc"), ("abc/./def", "abc/def"),
-    ("/./abc/def", "/abc/def"), ("abc/.", "abc"), ("abc/def/..", "abc"), ("abc/def/../..", "."),
-    ("/abc/def/../..", "/"), ("abc/def/../../..", ".."), ("/abc/def/../../..", "/"),
-    ("abc/def/../../../ghi/jkl/../../../mno", "../../mno"), ("/../abc", "/abc"),
-    ("abc/./../def", "def"), ("abc//./../def", "def"), ("abc/../../././../def", "../../def"),
+    ("abc", "abc"),
+    ("abc/def", "abc/def"),
+    ("a/b/c", "a/b/c"),
+    (".", "."),
+    ("..", ".."),
+    ("../..", "../.."),
+    ("../../abc", "../../abc"),
+    ("/abc", "/abc"),
+    ("/", "/"),
+    ("", "."),
+    ("abc/", "abc"),
+    ("abc/def/", "abc/def"),
+    ("a/b/c/", "a/b/c"),
+    ("./", "."),
+    ("../", ".."),
+    ("../../", "../.."),
+    ("/abc/", "/abc"),
+    ("abc//def//ghi", "abc/def/ghi"),
+    ("//abc", "/abc"),
+    ("///abc", "/abc"),
+    ("//abc//", "/abc"),
+    ("abc//", "abc"),
+    ("abc/./def", "abc/def"),
+    ("/./abc/def", "/abc/def"),
+    ("abc/.", "abc"),
+    ("abc/def/..", "abc"),
+    ("abc/def/../..", "."),
+    ("/abc/def/../..", "/"),
+    ("abc/def/../../..", ".."),
+    ("/abc/def/../../..", "/"),
+    ("abc/def/../../../ghi/jkl/../../../mno", "../../mno"),
+    ("/../abc", "/abc"),
+    ("abc/./../def", "def"),
+    ("abc//./../def", "def"),
+    ("abc/../../././../def", "../../def"),
 ]
 
 
@@ -636,7 +771,15 @@ def test_go_clean_bytes_are_opaque() -> None:
 
 @pytest.mark.parametrize(
     "path,want",
-    [(b"", b""), (b".", b""), (b"/", b""), (b"../../x", b"x"), (b"/a/../b", b"b"), (b"a/./b/", b"a/b"), (b"..", b"")],
+    [
+        (b"", b""),
+        (b".", b""),
+        (b"/", b""),
+        (b"../../x", b"x"),
+        (b"/a/../b", b"b"),
+        (b"a/./b/", b"a/b"),
+        (b"..", b""),
+    ],
 )
 def test_clean_relative(path: bytes, want: bytes) -> None:
     assert clean_relative(path) == want

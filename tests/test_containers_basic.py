@@ -111,6 +111,31 @@ def test_run_rm_output_and_exit_code(env: cl.Dy, code: int) -> None:
     assert not cl.leftovers(env.root, env.exec_root)
 
 
+def test_exit_code_is_never_lost(env: cl.Dy) -> None:
+    """The exit status of `run` is the container's, every time (a race between reaping the container's init
+    and reading its status would turn some of them into 0)."""
+    wrong = []
+    for i in range(14):
+        code = 40 + i % 7
+        p = env("run", "--rm", cl.EDGE_REF, "sh", "-c", "exit %d" % code, check=False)
+        if p.returncode != code:
+            wrong.append((code, p.returncode, p.stderr.strip()))
+    assert not wrong, "run returned another status than the container's exit code in %d of 14 runs: %s" % (
+        len(wrong), wrong)
+    # the same through start -a, and the recorded State.ExitCode
+    cid = env("create", cl.EDGE_REF, "sh", "-c", "exit 77").stdout.strip()
+    try:
+        bad = []
+        for _ in range(10):
+            p = env("start", "-a", cid, check=False)
+            st = env.inspect(cid)["State"]["ExitCode"]
+            if p.returncode != 77 or st != 77:
+                bad.append((p.returncode, st))
+        assert not bad, "start -a of `exit 77`: (rc, State.ExitCode) = %s" % bad
+    finally:
+        _rm(env, cid)
+
+
 def test_run_rm_output_bytes_unbuffered(env: cl.Dy) -> None:
     """Binary output and output without a trailing newline arrive unchanged."""
     p = env("run", "--rm", cl.EDGE_REF, "sh", "-c", "printf 'a\\000b\\377c'; printf 'no-newline' >&2", binary=True)
@@ -341,8 +366,33 @@ def test_interactive_stdin_and_tty(env: cl.Dy) -> None:
     # without -i the container's stdin is empty
     p = env("run", "--rm", cl.EDGE_REF, "sh", "-c", "cat; echo end", input="ignored\n")
     assert p.stdout == "end\n"
+
+
+def test_tty(tmp_path_factory) -> None:
+    """-t: the container gets a terminal (exec-root short enough for any unix socket path)."""
+    import shutil
+    import tempfile
+    base = Path(tempfile.mkdtemp(prefix="dyt-", dir="/tmp"))
+    try:
+        dy = cl.Dy(base / "r", base / "x")
+        (base / "r").mkdir()
+        dy.load_edge()
+        p = dy("run", "--rm", "-t", cl.EDGE_REF, "sh", "-c", "tty; echo $TERM; exit 4", check=False)
+        assert p.returncode == 4, cl.show(p)
+        assert p.stdout.replace("\r\n", "\n").split("\n")[:2] == ["/dev/pts/0", "xterm"], cl.show(p)
+        assert not cl.leftovers(dy.root, dy.exec_root)
+    finally:
+        peers.unmount_below(base)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_tty_with_a_long_exec_root(env: cl.Dy) -> None:
+    """-t must not depend on the length of --exec-root (a unix socket path is limited to 107 bytes: the
+    console socket has to live somewhere short, as containerd's does)."""
+    assert len(str(env.exec_root)) > 40
     p = env("run", "--rm", "-t", cl.EDGE_REF, "sh", "-c", "tty; exit 4", check=False)
     assert p.returncode == 4 and p.stdout.replace("\r\n", "\n").startswith("/dev/pts/"), cl.show(p)
+    assert not cl.leftovers(env.root, env.exec_root)
 
 
 # ------------------------------------------------------------------------------------------------ inspect / ps

@@ -87,6 +87,12 @@ def _go_mkdev(major: int, minor: int) -> int:
     return (((major & 0xFFF) << 8) | (minor & 0xFF) | ((minor & 0xFFF00) << 12)) & 0xFFFFFFFF
 
 
+def _id(n: int) -> int:
+    """A tar uid/gid as Go passes it to chown: the low 32 bits (all ones means "unchanged")."""
+    v = n & 0xFFFFFFFF
+    return -1 if v == 0xFFFFFFFF else v
+
+
 def _show(name: bytes) -> str:
     return repr(name.decode("utf-8", "backslashreplace"))
 
@@ -127,7 +133,8 @@ class _Applier:
             fd = os.open(base, _DIR_FLAGS, dir_fd=pfd)
             os.fchown(fd, 0, 0)
             if self.umask & 0o755:
-                os.fchmod(fd, 0o755)
+                # Docker runs with umask 022: 0755, plus the setgid bit a setgid parent passes on
+                os.fchmod(fd, 0o755 | (stat.S_ISGID if pp in self.sgid else 0))
             self.rd.cached(p, fd)
             self.dirs.add(p)
             if pp in self.sgid:
@@ -159,6 +166,10 @@ class _Applier:
                 if e.errno in (errno.ENOTSUP, errno.EPERM):
                     self.ignored_xattrs += 1
                     continue
+                if e.errno in (errno.ENOSPC, errno.E2BIG, errno.ERANGE):
+                    raise LayerError(
+                        f"entry {_show(name)}: xattr {k} ({len(v)} bytes) does not fit on this filesystem"
+                    ) from None
                 raise
 
     def _xattrs_at(self, pfd: int, base: bytes, xattrs: dict[str, bytes]) -> None:
@@ -171,6 +182,10 @@ class _Applier:
                 if e.errno in (errno.ENOTSUP, errno.EPERM):
                     self.ignored_xattrs += 1
                     continue
+                if e.errno in (errno.ENOSPC, errno.E2BIG, errno.ERANGE):
+                    raise LayerError(
+                        f"entry {_show(base)}: xattr {k} ({len(v)} bytes) does not fit on this filesystem"
+                    ) from None
                 raise
 
     def _file_times(self, h: ts.Header) -> tuple[int, int]:
@@ -249,7 +264,7 @@ class _Applier:
                 f"entry {_show(h.name)}: whiteout of {_show(orel)}, which this layer also creates"
             )
         os.mknod(orig, stat.S_IFCHR, 0, dir_fd=pfd)
-        os.chown(orig, h.uid, h.gid, dir_fd=pfd, follow_symlinks=False)
+        os.chown(orig, _id(h.uid), _id(h.gid), dir_fd=pfd, follow_symlinks=False)
         self._add_node(orel, _Node(0))
 
     def _regular(
@@ -281,7 +296,7 @@ class _Applier:
                     while n < len(piece):
                         piece = piece[n:]
                         n = write(fd, piece)
-            os.fchown(fd, h.uid, h.gid)
+            os.fchown(fd, _id(h.uid), _id(h.gid))
             if h.xattrs:
                 self._xattrs_fd(fd, h.xattrs, h.name)
             if mode & 0o7000 or (mode & ~self.umask) != mode:
@@ -303,7 +318,7 @@ class _Applier:
             self.rd.cached(rel, fd)
         else:
             fd = self.rd.dirfd(rel)
-        os.fchown(fd, h.uid, h.gid)
+        os.fchown(fd, _id(h.uid), _id(h.gid))
         if h.xattrs:
             self._xattrs_fd(fd, h.xattrs, h.name)
         if exists or mode & 0o7000 or (mode & ~self.umask) != mode or parent in self.sgid:
@@ -316,7 +331,7 @@ class _Applier:
 
     def _symlink(self, h: ts.Header, rel: bytes, pfd: int, base: bytes) -> None:
         os.symlink(h.linkname, base, dir_fd=pfd)
-        os.chown(base, h.uid, h.gid, dir_fd=pfd, follow_symlinks=False)
+        os.chown(base, _id(h.uid), _id(h.gid), dir_fd=pfd, follow_symlinks=False)
         if h.xattrs:
             self._xattrs_at(pfd, base, h.xattrs)
         a, m = self._file_times(h)
@@ -334,7 +349,7 @@ class _Applier:
         os.link(tbase, base, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
         node.refs += 1
         self.nodes[rel] = node
-        os.chown(base, h.uid, h.gid, dir_fd=pfd, follow_symlinks=False)
+        os.chown(base, _id(h.uid), _id(h.gid), dir_fd=pfd, follow_symlinks=False)
         if h.xattrs:
             self._xattrs_at(pfd, base, h.xattrs)
         if not node.is_symlink:
@@ -352,7 +367,7 @@ class _Applier:
             os.mknod(base, kind | (mode & 0o777), dev, dir_fd=pfd)
         except PermissionError:
             raise LayerError(f"entry {_show(h.name)}: creating device nodes needs root (CAP_MKNOD)") from None
-        os.chown(base, h.uid, h.gid, dir_fd=pfd, follow_symlinks=False)
+        os.chown(base, _id(h.uid), _id(h.gid), dir_fd=pfd, follow_symlinks=False)
         if h.xattrs:
             self._xattrs_at(pfd, base, h.xattrs)
         if mode & 0o7000 or (mode & ~self.umask) != mode:
@@ -364,7 +379,11 @@ class _Applier:
     def finish(self) -> None:
         for rel, a, m in self.dir_times:
             if rel not in self.dirs:
-                continue
+                # Docker sets directory times last and fails on one a later entry removed
+                raise LayerError(
+                    f"entry {_show(rel)}: the directory was replaced by a later entry of the layer "
+                    "(chtimes: no such file or directory)"
+                )
             fd = self.rd.dirfd(rel)
             os.utime(fd, ns=(_chtimes(a if a is not None else -1), _chtimes(m)))
 

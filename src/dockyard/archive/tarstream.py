@@ -445,6 +445,7 @@ class TarReader:
             elif fmt & F_STAR:
                 prefix = _cstr(blk[345:476])
                 h.atime_ns = _parse_numeric(blk[476:488]) * 1_000_000_000
+                _parse_numeric(blk[488:500])  # ctime: Go parses (and rejects) it too
             elif fmt & F_GNU:
                 try:
                     a = blk[345:357]
@@ -648,17 +649,20 @@ class TarReader:
 
     # ------------------------------------------------------------------ end of stream
     def trailing(self) -> Iterator[bytes]:
-        """After the end of the archive: the rest of the stream in chunks of at most 1 MiB."""
-        if self._pos < len(self._buf):
-            rest = self._buf[self._pos :]
+        """After the end of the archive: the rest of the stream in 1 MiB pieces counted from the
+        end marker (as tar-split reads it), the last one shorter."""
+        pending = self._buf[self._pos :]
+        self._buf, self._pos = b"", 0
+        while True:
+            while len(pending) >= CHUNK:
+                yield pending[:CHUNK]
+                pending = pending[CHUNK:]
+            if not self._fill():
+                break
+            pending += self._buf
             self._buf, self._pos = b"", 0
-            for i in range(0, len(rest), CHUNK):
-                yield rest[i : i + CHUNK]
-        while self._fill():
-            data = self._buf
-            self._buf, self._pos = b"", 0
-            for i in range(0, len(data), CHUNK):
-                yield data[i : i + CHUNK]
+        if pending:
+            yield pending
 
 
 class _SparseState:
