@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIXTURES, _env, dy_cmd, mounts_below
 
 import peers
+from conftest import FIXTURES, _env, dy_cmd, mounts_below
 
 EDGE_TAR = FIXTURES / "docker-save" / "fx-edge.docker.tar"
 EDGE_REF = "fx-edge:1"
@@ -215,9 +215,8 @@ def container_processes(cid: str) -> list[int]:
             continue
         try:
             with open("/proc/%s/cgroup" % d) as f:
-                if cid in f.read():
-                    if peers._pid_alive(int(d)):
-                        out.append(int(d))
+                if cid in f.read() and peers._pid_alive(int(d)):
+                    out.append(int(d))
         except OSError:
             pass
     return out
@@ -246,12 +245,9 @@ _TYPES = peers.TAR_TYPES
 def tar_entries(data: bytes | os.PathLike | str) -> list[dict[str, Any]]:
     """Ordered tar headers: name, type, mode (full header value, type bits included), uid, gid, size, linkname,
     sha256 (regular files), devmajor/minor, SCHILY.xattr.* and mtime."""
-    if isinstance(data, (bytes, bytearray)):
-        tf = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
-    else:
-        tf = tarfile.open(str(data), mode="r:")
+    src = {"fileobj": io.BytesIO(data)} if isinstance(data, (bytes, bytearray)) else {"name": str(data)}
     out = []
-    with tf:
+    with tarfile.open(mode="r:", **src) as tf:
         for m in tf:
             e: dict[str, Any] = {"name": m.name, "type": _TYPES.get(m.type, repr(m.type)), "mode": "%04o" % (m.mode & 0o7777),
                                  "mode_type_bits": "%o" % (m.mode >> 12),
@@ -323,7 +319,7 @@ def compare_entries(actual: list[dict[str, Any]], expected: list[dict[str, Any]]
         eo = [k(e) for e in expected]
         ao = [k(e) for e in actual]
         if eo != ao:
-            for i, (x, y) in enumerate(zip(eo, ao)):
+            for i, (x, y) in enumerate(zip(eo, ao, strict=False)):
                 if x != y:
                     diffs.append("order differs at entry %d: expected %r, got %r" % (i, x, y))
                     break

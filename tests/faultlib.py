@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import FIXTURES, _env, _sha256_file, _xattrs, dy_cmd, mounts_below, umount_below
 
 SAVE = FIXTURES / "docker-save"
@@ -422,18 +423,24 @@ def compare_files(before: dict[str, tuple], after: dict[str, tuple], *, allow_co
     """Differences between two snapshot subsets. An added empty ``committed`` marker is allowed (Docker
     writes it into a layer's dir when a child layer is created on it)."""
     out = []
+    counts = {"removed": 0, "added": 0, "changed": 0}
     for p in sorted(set(before) | set(after)):
         if p not in after:
-            out.append("removed: %s %s" % (p, before[p][:2]))
+            kind, line = "removed", "removed: %s %s" % (p, before[p][:2])
         elif p not in before:
             if allow_committed and p.endswith("/committed") and after[p][0] == "file" and after[p][4] == 0:
                 continue
-            out.append("added:   %s %s" % (p, after[p][:2]))
+            kind, line = "added", "added:   %s %s" % (p, after[p][:2])
         elif before[p] != after[p]:
-            out.append("changed: %s %s -> %s" % (p, before[p], after[p]))
-        if len(out) >= limit:
-            out.append("...")
-            break
+            kind, line = "changed", "changed: %s %s -> %s" % (p, before[p], after[p])
+        else:
+            continue
+        counts[kind] += 1
+        if len(out) < limit:
+            out.append(line)
+    if sum(counts.values()) > len(out):
+        out.append("... (%d removed, %d added, %d changed in all)" % (counts["removed"], counts["added"],
+                                                                    counts["changed"]))
     return out
 
 

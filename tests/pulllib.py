@@ -47,16 +47,18 @@ ACCEPT_ALL = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
 
 
 # ------------------------------------------------------------------------------------------------ environment
-@pytest.fixture(autouse=True)
-def isolated_docker_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private, empty DOCKER_CONFIG (and containers auth file) for everything a test runs."""
+@pytest.fixture(scope="module", autouse=True)
+def isolated_docker_config(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A private, empty DOCKER_CONFIG (and containers auth file) for everything a test module runs (module
+    scope, so that module-scoped fixtures get it too; a test that needs its own passes env=... to dy)."""
     d = tmp_path_factory.mktemp("dockercfg")
-    monkeypatch.setenv("DOCKER_CONFIG", str(d))
     auth = d / "containers-auth.json"
     auth.write_text('{"auths":{}}')
-    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
-    monkeypatch.delenv("DOCKYARD_INSECURE_REGISTRIES", raising=False)
-    return d
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DOCKER_CONFIG", str(d))
+        mp.setenv("REGISTRY_AUTH_FILE", str(auth))
+        mp.delenv("DOCKYARD_INSECURE_REGISTRIES", raising=False)
+        yield d
 
 
 def dy(root: os.PathLike | str, *args: Any, env: dict[str, str] | None = None, input: bytes | str | None = None,
@@ -459,3 +461,116 @@ def b64(s: str) -> str:
 
 def tmpdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+# ------------------------------------------------------------------------------------------------ registry side
+_ACCESS_RE = re.compile(r'"(GET|HEAD|POST|PUT|PATCH|DELETE) (\S+) HTTP/[\d.]+" (\d{3}) \S+ "[^"]*" "([^"]*)"')
+
+
+@dataclass
+class Access:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    status: int
+    agent: str
+
+
+def registry_log_size(reg: Any) -> int:
+    p = Path(reg.base) / "registry.log"
+    return p.stat().st_size if p.exists() else 0
+
+
+def registry_access(reg: Any, since: int = 0, agent: str = "dockyard/") -> list[Access]:
+    """Access-log lines of a DockerRegistry (docker-registry writes them to its log) after byte `since`,
+    of clients whose User-Agent contains `agent`."""
+    import urllib.parse
+
+    with open(Path(reg.base) / "registry.log", "rb") as f:
+        f.seek(since)
+        text = f.read().decode("utf-8", "replace")
+    out = []
+    for line in text.splitlines():
+        m = _ACCESS_RE.search(line)
+        if m and agent in m.group(4):
+            u = urllib.parse.urlsplit(m.group(2))
+            out.append(Access(m.group(1), urllib.parse.unquote(u.path), urllib.parse.parse_qs(u.query),
+                              int(m.group(3)), m.group(4)))
+    return out
+
+
+def blob_uploads(log: list[Access]) -> dict[str, list[Access]]:
+    """What a log slice shows of blob uploads: session starts (POST without mount), mounts (POST with
+    mount=), data (PATCH), and completions (PUT ...?digest=) -> the digests they name."""
+    out: dict[str, list[Access]] = {"start": [], "mount": [], "patch": [], "put": []}
+    for a in log:
+        if "/blobs/uploads/" not in a.path:
+            continue
+        if a.method == "POST":
+            out["mount" if a.query.get("mount") else "start"].append(a)
+        elif a.method == "PATCH":
+            out["patch"].append(a)
+        elif a.method == "PUT":
+            out["put"].append(a)
+    return out
+
+
+def registry_blobs(storage: os.PathLike | str) -> set[str]:
+    """Digests of the blobs a filesystem-backed docker-registry stores (…/v2/blobs/sha256/xx/<hex>/data)."""
+    base = Path(storage) / "docker" / "registry" / "v2" / "blobs" / "sha256"
+    out = set()
+    if base.is_dir():
+        for pre in os.listdir(base):
+            for h in os.listdir(base / pre):
+                if (base / pre / h / "data").is_file():
+                    out.add("sha256:" + h)
+    return out
+
+
+def http_get(url: str, *, accept: str | None = None, auth: tuple[str, str] | None = None,
+             timeout: float = 60) -> bytes:
+    import urllib.request
+
+    req = urllib.request.Request(url)
+    if accept:
+        req.add_header("Accept", accept)
+    if auth:
+        req.add_header("Authorization", "Basic " + b64("%s:%s" % auth))
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.read()
+
+
+def pick_files(orc_image: dict[str, Any]) -> list[tuple[str, str]]:
+    """(path, sha256) of a small regular file of the top-most layer that has one and of the base layer (from the
+    oracle's diff dirs) that is visible unchanged in the merged rootfs (oracle export listing)."""
+    final = {e["path"]: e.get("sha256") for e in orc_image["export_listing"] if e["type"] == "file"}
+
+    def ok(e: dict[str, Any]) -> bool:
+        p = e["path"]
+        return (e["type"] == "file" and 0 < e.get("size", 0) <= 65536 and p.isascii()
+                and all(c.isalnum() or c in "/-_." for c in p) and final.get(p) == e.get("sha256"))
+
+    layers = orc_image["layers"]
+    picks = []
+    for layer in reversed(layers[1:]):
+        cand = [e for e in layer.get("diff_dir", []) if ok(e)]
+        if cand:
+            picks.append((cand[0]["path"], cand[0]["sha256"]))
+            break
+    base = [e for e in layers[0].get("diff_dir", []) if ok(e)]
+    assert base, "no suitable base-layer file in the oracle"
+    picks.append((base[0]["path"], base[0]["sha256"]))
+    return picks
+
+
+def push_summary(out: str) -> dict[str, Any]:
+    lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
+    final: dict[str, str] = {}
+    for ln in lines:
+        m = re.match(r"^([0-9a-f]{12}): (Pushed|Layer already exists|Mounted from \S+)$", ln)
+        if m:
+            final[m.group(1)] = m.group(2)
+    last = re.match(r"^(\S+): digest: (sha256:[0-9a-f]{64}) size: (\d+)$", lines[-1]) if lines else None
+    return {"first": lines[0] if lines else None, "layers": final,
+            "tag": last.group(1) if last else None, "digest": last.group(2) if last else None,
+            "size": int(last.group(3)) if last else None, "last": lines[-1] if lines else None}

@@ -47,6 +47,7 @@ import time
 from collections import Counter
 
 import pytest
+
 from conftest import umount_below
 from faultlib import (
     OCI,

@@ -18,18 +18,16 @@ import json
 import os
 import select
 import signal
-import stat
 import subprocess
 import tarfile
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import assert_clean_error, mounts_below
 
 import containerlib as cl
 import peers
+from conftest import assert_clean_error, mounts_below
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -272,7 +270,7 @@ def test_logs_follow_ends_when_container_stops(env: cl.Dy, request) -> None:
             out, err = f.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             f.kill()
-            raise AssertionError("logs -f did not end after the container stopped")
+            raise AssertionError("logs -f did not end after the container stopped") from None
         assert f.returncode == 0
         assert out.decode() == "second\nthird\n" and err.decode() == "first\n", (out, err)
         assert env("logs", "--tail", "1", name).stdout == "third\n"
@@ -639,7 +637,7 @@ def test_container_dir_after_create_and_after_start(env: cl.Dy, fixture_root: Pa
         objs = [json.loads(x) for x in lines]
         assert [(x["log"], x["stream"]) for x in objs] in ([("logged\n", "stdout"), ("warned\n", "stderr")],
                                                             [("warned\n", "stderr"), ("logged\n", "stdout")])
-        for line, x in zip(lines, objs):
+        for line, x in zip(lines, objs, strict=False):
             assert list(x) == ["log", "stream", "time"], line
             assert x["time"].endswith("Z") and x["time"][:2] == "20"
     finally:

@@ -23,6 +23,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from conftest import assert_clean_error, diff_snapshots, umount_below
 from faultlib import (
     OCI,

@@ -6,7 +6,9 @@ precise way, then:
 
 1. ``fsck --format json`` exits 1 and names the exact problem: each expected (code, path) is present, and no
    finding has a code the case does not explain;
-2. ``fsck --repair --dry-run`` changes nothing (byte-level snapshot);
+2. ``fsck --repair --dry-run`` changes nothing (byte-level snapshot); for the stray dir (an orphan) a plain
+   ``fsck --repair`` (no ``--yes``, stdin not a tty) must keep it; for the unrepairable cases a plain
+   ``fsck --repair`` must not destroy anything intact;
 3. ``fsck --repair --yes`` then:
    - repairable cases: exits 0; a second plain ``fsck`` and ``fsck --deep`` are clean; an independent structural
      check (faultlib.structural_problems: links, lower files of layers AND containers, layerdb, chainIDs, refs,
@@ -28,7 +30,6 @@ fixtures (faultlib.fixture_images).
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import secrets
 import shutil
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from faultlib import (
     SAVE,
     StoreView,
