@@ -574,3 +574,63 @@ def push_summary(out: str) -> dict[str, Any]:
     return {"first": lines[0] if lines else None, "layers": final,
             "tag": last.group(1) if last else None, "digest": last.group(2) if last else None,
             "size": int(last.group(3)) if last else None, "last": lines[-1] if lines else None}
+
+
+# ------------------------------------------------------------------------------------------------ test images
+@dataclass
+class BuiltImage:
+    layers: list[bytes]          # compressed blobs
+    tars: list[bytes]            # uncompressed layer tars
+    diff_ids: list[str]          # as written in the config (may be made wrong on purpose)
+    config: bytes
+    manifest: bytes
+    media_type: str
+
+    @property
+    def config_digest(self) -> str:
+        return sha256_bytes(self.config)
+
+    @property
+    def manifest_digest(self) -> str:
+        return sha256_bytes(self.manifest)
+
+    @property
+    def layer_digests(self) -> list[str]:
+        return [sha256_bytes(b) for b in self.layers]
+
+
+def layer_tar(files: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name, data in files.items():
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mtime, ti.mode = len(data), 1700000000, 0o644
+            t.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def build_image(layer_files: list[dict[str, bytes]], *, diff_ids: list[str] | None = None,
+                docker_schema2: bool = False) -> BuiltImage:
+    """An image with one gzip layer per dict of files; `diff_ids` replaces the config's (to make it wrong)."""
+    tars = [layer_tar(f) for f in layer_files]
+    layers = [gzip.compress(t, mtime=0) for t in tars]
+    real = [sha256_bytes(t) for t in tars]
+    ids = real if diff_ids is None else diff_ids
+    config = go_json({"architecture": "amd64", "config": {"Cmd": ["/hello"]}, "created": "2024-01-01T00:00:00Z",
+                      "history": [{"created": "2024-01-01T00:00:00Z", "created_by": "layer %d" % i}
+                                  for i in range(len(tars))],
+                      "os": "linux", "rootfs": {"type": "layers", "diff_ids": ids}}).encode()
+    if docker_schema2:
+        mt, cmt, lmt = DOCKER_MANIFEST, "application/vnd.docker.container.image.v1+json", \
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    else:
+        mt, cmt, lmt = OCI_MANIFEST, "application/vnd.oci.image.config.v1+json", \
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": mt,
+                           "config": {"mediaType": cmt, "digest": sha256_bytes(config), "size": len(config)},
+                           "layers": [{"mediaType": lmt, "digest": sha256_bytes(b), "size": len(b)}
+                                      for b in layers]}, indent=3).encode()
+    return BuiltImage(layers, tars, ids, config, manifest, mt)

@@ -300,3 +300,35 @@ def test_crash_at_every_boundary_of_run_rm(dy: cl.Dy, tmp_path: Path) -> None:
             peers.unmount_below(dy.root)
     assert not problems, "\n".join(problems)
     _fsck_clean(dy)
+
+
+# ------------------------------------------------------------------------------------------------ concurrency
+def test_concurrent_commands_do_not_reap_a_starting_container(dy: cl.Dy) -> None:
+    """`ps -a` (which reaps what dead monitors left) running while `run` starts a container must not take the
+    starting container for a leftover: every run prints its output and exits with its code."""
+    import threading
+
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def ps_loop() -> None:
+        while not stop.is_set():
+            p = subprocess.run(dy.cmd("ps", "-a"), env=_env(), capture_output=True, timeout=60,
+                               stdin=subprocess.DEVNULL)
+            if p.returncode != 0:
+                errors.append(p.stderr.decode(errors="replace"))
+
+    th = threading.Thread(target=ps_loop)
+    th.start()
+    bad = []
+    try:
+        for i in range(12):
+            p = dy("run", "--rm", cl.EDGE_REF, "sh", "-c", "echo run-%d; exit 42" % i, check=False)
+            if (p.returncode, p.stdout) != (42, "run-%d\n" % i):
+                bad.append("run %d: rc %d, stdout %r, stderr %r" % (i, p.returncode, p.stdout, p.stderr.strip()))
+    finally:
+        stop.set()
+        th.join(timeout=60)
+    assert not bad, "runs disturbed by a concurrent `ps -a`:\n" + "\n".join(bad)
+    assert not errors, errors[:3]
+    assert not cl.leftovers(dy.root, dy.exec_root)

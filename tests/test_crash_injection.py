@@ -262,10 +262,6 @@ def _container_prune_final(root: Path, before: StoreView, ctx: dict, problems: l
         problems.append("container prune changed the images: %s" % sorted(set(v.images) ^ set(before.images)))
 
 
-def _by_tag(view: StoreView, tag: str) -> str:
-    return view.refs[tag]
-
-
 SCENARIOS = [
     Scenario("load-fx-edge-docker-save", "no-edge", lambda c: ("load", "-i", EDGE), lambda v: set(), _load_final,
              random_kills=10, seed=11),

@@ -116,6 +116,10 @@ class Checker:
         self.report = Report(store.root)
         self.layers: dict[str, dict[str, Any]] = {}  # chain hex -> info
         self.bad_layers: dict[str, str] = {}  # chain id -> why it is unusable
+        self.uncertain_usage = False  # a config or a parent link could not be read
+        self.missing_cache_ids: list[str] = []  # chains whose cache-id is unreadable
+        self.missing_diffs: list[str] = []  # chains whose diff file is unreadable
+        self.configs: dict[str, ImageConfig] = {}
         self.cache_ids: dict[str, str] = {}  # cache id -> owner description
 
     def f(
@@ -139,6 +143,7 @@ class Checker:
         self.check_containers()
         self.check_images()
         self.check_references()
+        self.recover_layer_files()
         self.check_orphans()
         if self.deep:
             self.check_deep()
@@ -178,6 +183,7 @@ class Checker:
         for hexid, info in self.layers.items():
             parent = info.get("parent")
             if parent and parent[7:] not in self.layers:
+                self.uncertain_usage = True
                 self._bad(f"sha256:{hexid}", f"its parent layer {parent} is missing")
                 self.f(
                     ERROR,
@@ -278,6 +284,7 @@ class Checker:
                     self.cache_ids[cid] = f"layer {chain}"
             elif fname == "parent":
                 if not is_digest(text.strip()):
+                    self.uncertain_usage = True
                     self.f(ERROR, "layer-file-invalid", fp, f"parent is not a sha256 digest: {text[:80]!r}")
                     self._bad(chain, "its parent file is invalid")
                 else:
@@ -295,6 +302,10 @@ class Checker:
                         f"tar-split data is damaged ({e}): the layer cannot be saved or pushed",
                     )
                     self._bad(chain, "its tar-split data is damaged")
+        if "diff" not in info:
+            self.missing_diffs.append(chain)
+        if "cache_id" not in info:
+            self.missing_cache_ids.append(chain)
         if "diff" in info and ("parent" in info or _read(os.path.join(p, "parent")) is None):
             want = chain_id(info.get("parent"), info["diff"])
             if want != chain:
@@ -472,6 +483,12 @@ class Checker:
         drv = self.store.driver
         d = drv.dir(cache_id)
         old = (_read(os.path.join(d, "link")) or b"").decode("utf-8", "replace").strip()
+        # The l/ symlink that still points here names the link every lower file uses: keep it.
+        for name in _listdir(self.store.layout.overlay2_links):
+            lp = self.store.layout.link_path(name)
+            if _LINK_RE.match(name) and os.path.islink(lp) and os.readlink(lp) == f"../{cache_id}/diff":
+                write_plain(os.path.join(d, "link"), name.encode(), 0o644)
+                return
         link = random_link()
         os.symlink(f"../{cache_id}/diff", self.store.layout.link_path(link))
         write_plain(os.path.join(d, "link"), link.encode(), 0o644)
@@ -500,6 +517,13 @@ class Checker:
             )
         for cid in sorted(mounts):
             md = lay.mount_dir(cid)
+            if cid in removing:
+                # the rest of an interrupted removal: finishing the removal repairs it
+                for key in ("mount-id", "init-id"):
+                    v = (_read(os.path.join(md, key)) or b"").decode("utf-8", "replace").strip()
+                    if v:
+                        self.cache_ids[v] = f"container {cid[:12]} (being removed)"
+                continue
             mount_id = (_read(os.path.join(md, "mount-id")) or b"").decode("utf-8", "replace").strip()
             init_id = (_read(os.path.join(md, "init-id")) or b"").decode("utf-8", "replace").strip()
             parent = (_read(os.path.join(md, "parent")) or b"").decode("utf-8", "replace").strip()
@@ -616,6 +640,7 @@ class Checker:
                 continue
             cfg = ImageConfig(raw)
             if cfg.id != image_id:
+                self.uncertain_usage = True
                 self.f(
                     ERROR,
                     "config-hash-mismatch",
@@ -628,12 +653,14 @@ class Checker:
             try:
                 cfg.validate()
             except DockyardError as e:
+                self.uncertain_usage = True
                 self.f(ERROR, "config-invalid", p, f"config is not a valid image config: {e}")
                 self.report.damaged_images[image_id] = ["its config is invalid"]
                 self.image_tops[image_id] = None
                 continue
             top = cfg.top_chain
             self.image_tops[image_id] = top
+            self.configs[image_id] = cfg
             if top and top[7:] not in self.layers:
                 self.f(ERROR, "image-layer-missing", p, f"image needs layer {top}, which does not exist")
                 self.report.damaged_images.setdefault(image_id, []).append(f"layer {top} is missing")
@@ -692,8 +719,18 @@ class Checker:
         raw = _read(lay.repositories_json)
         if raw is None:
             return
+        if not raw.strip():
+            self.f(
+                ERROR,
+                "repositories-invalid",
+                lay.repositories_json,
+                "repositories.json is empty (truncated): dockerd fails to start",
+                "rewrite it as an empty store (the tags it held are lost)",
+                lambda: self.store.refs.save({}),
+            )
+            return
         try:
-            obj = json.loads(raw) if raw.strip() else {"Repositories": {}}
+            obj = json.loads(raw)
         except ValueError as e:
             self.f(
                 ERROR,
@@ -741,6 +778,120 @@ class Checker:
                         lambda r=repo, k=key: _drop_ref(self.store, r, k),
                     )
 
+    # ------------------------------------------------------------------ recoverable layer files
+    def _finding_at(self, path: str) -> Finding | None:
+        rel = _rel(self.store, path)
+        for f in self.report.findings:
+            if f.path == rel and f.action is None:
+                return f
+        return None
+
+    def recover_layer_files(self) -> None:
+        """A lost ``diff`` comes back from the image configs, a lost ``cache-id`` from the overlay2
+        dir whose files rebuild the layer (found through the children's ``lower`` links or the
+        expected ``lower`` of an orphan dir, and verified through tar-split)."""
+        lay = self.store.layout
+        for chain in list(self.missing_diffs):
+            info = self.layers.get(chain[7:], {})
+            diff = None
+            for cfg in self.configs.values():
+                chains = cfg.chain_ids
+                if chain in chains:
+                    diff = cfg.diff_ids[chains.index(chain)]
+                    break
+            if diff is None or chain_id(info.get("parent"), diff) != chain:
+                continue
+            f = self._finding_at(os.path.join(lay.layer_dir(chain), "diff"))
+            if f is None:
+                continue
+            f.repair = "restore it from the image configs that use this layer"
+            f.action = lambda c=chain, d=diff: _atomic(
+                os.path.join(self.store.layout.layer_dir(c), "diff"), d
+            )
+            info["diff"] = diff
+            self.missing_diffs.remove(chain)
+            if self.bad_layers.get(chain, "").startswith("its diff"):
+                del self.bad_layers[chain]
+        for chain in list(self.missing_cache_ids):
+            info = self.layers.get(chain[7:], {})
+            cand = self._find_driver_dir(chain, info)
+            if cand is None:
+                continue
+            f = self._finding_at(os.path.join(lay.layer_dir(chain), "cache-id"))
+            if f is None:
+                continue
+            f.repair = f"restore it: overlay2/{cand} holds this layer's files (verified)"
+            f.action = lambda c=chain, v=cand: _atomic(
+                os.path.join(self.store.layout.layer_dir(c), "cache-id"), v
+            )
+            info["cache_id"] = cand
+            self.cache_ids[cand] = f"layer {chain}"
+            self.missing_cache_ids.remove(chain)
+            if self.bad_layers.get(chain, "").startswith("its cache-id"):
+                del self.bad_layers[chain]
+        self._propagate()
+
+    def _propagate(self) -> None:
+        for k in [k for k, v in self.bad_layers.items() if v.startswith("it sits on")]:
+            del self.bad_layers[k]
+        changed = True
+        while changed:
+            changed = False
+            for hexid, info in self.layers.items():
+                cid = f"sha256:{hexid}"
+                parent = info.get("parent")
+                if cid not in self.bad_layers and parent and parent in self.bad_layers:
+                    self.bad_layers[cid] = f"it sits on damaged layer {parent}"
+                    changed = True
+
+    def _find_driver_dir(self, chain: str, info: dict[str, Any]) -> str | None:
+        lay = self.store.layout
+        cands: list[str] = []
+        # a child (layer or container init layer) names this layer first in its lower file
+        for d in _listdir(lay.overlay2):
+            if d == "l":
+                continue
+            lower = (_read(os.path.join(lay.overlay2, d, "lower")) or b"").decode("utf-8", "replace")
+            first = lower.split(":", 1)[0]
+            if not first.startswith("l/"):
+                continue
+            try:
+                target = os.readlink(os.path.join(lay.overlay2, first))
+            except OSError:
+                continue
+            m = re.match(r"^\.\./([a-f0-9]{64})/diff$", target)
+            if not m or m.group(1) in self.cache_ids:
+                continue
+            # is the child one of ours? (its own record says its parent is this chain)
+            child_is_ours = any(
+                x.get("parent") == chain and x.get("cache_id") == d for x in self.layers.values()
+            ) or d.endswith("-init")
+            if child_is_ours and m.group(1) not in cands:
+                cands.append(m.group(1))
+        if not cands:
+            parent = info.get("parent")
+            want = expected_lower(self.store, parent) if parent else None
+            for d in _listdir(lay.overlay2):
+                if d == "l" or not is_hex64(d) or d in self.cache_ids:
+                    continue
+                if self.store.driver.lower_of(d) == want:
+                    cands.append(d)
+        verified = [c for c in cands if self._rebuilds(chain, info, c)]
+        return verified[0] if len(verified) == 1 else None
+
+    def _rebuilds(self, chain: str, info: dict[str, Any], cache_id: str) -> bool:
+        diff = info.get("diff")
+        if not diff or not os.path.isdir(self.store.driver.diff_path(cache_id)):
+            return False
+        from dockyard.sources.store import write_layer_tar
+        from dockyard.store.layers import Layer
+
+        try:
+            write_layer_tar(self.store, Layer(chain, diff, info.get("parent"), 0, cache_id), lambda b: None)
+            return True
+        except DockyardError:
+            return False
+
     # ------------------------------------------------------------------ orphans
     def check_orphans(self) -> None:
         lay = self.store.layout
@@ -773,6 +924,15 @@ class Checker:
                         "unmount it",
                         lambda m=merged: _unmount(m),
                     )
+                continue
+            if self.missing_cache_ids:
+                self.f(
+                    WARNING,
+                    "orphan-driver-dir",
+                    p,
+                    "overlay2 dir that no layer or container names; kept: it may hold the files of a layer "
+                    "whose cache-id is damaged",
+                )
                 continue
             self.f(
                 WARNING,
@@ -821,6 +981,9 @@ class Checker:
                 used.add(info["parent"])
         for p in self.store.mount_parents():
             used.add(p)
+        # Usage is only certain when every config and every layer's parent link could be read;
+        # otherwise an "unused" layer may be one a damaged record still needs: never delete it then.
+        certain = not self.uncertain_usage
         for hexid in self.layers:
             chain = f"sha256:{hexid}"
             if chain not in used:
@@ -828,10 +991,11 @@ class Checker:
                     WARNING,
                     "unused-layer",
                     os.path.join(lay.layerdb_sha256, hexid),
-                    "layer that no image or container uses (left by an interrupted load or rmi)",
-                    "delete it (and its unused parents)",
-                    lambda c=chain: _release(self.store, c),
-                    confirm=False,
+                    "layer that no image or container uses (left by an interrupted load or rmi)"
+                    + ("" if certain else "; kept: damaged records elsewhere may still need it"),
+                    "delete it (and its unused parents)" if certain else None,
+                    (lambda c=chain: _release(self.store, c)) if certain else None,
+                    confirm=True,
                 )
 
     def _mount_in_use(self, cache_id: str) -> bool:
@@ -915,6 +1079,12 @@ def _relink(lp: str, cache_id: str) -> None:
     os.symlink(f"../{cache_id}/diff", lp)
 
 
+def _atomic(path: str, value: str) -> None:
+    from dockyard.store.atomic import atomic_write
+
+    atomic_write(path, value.encode(), 0o644)
+
+
 def _drop_ref(store: Store, repo: str, key: str) -> None:
     repos = store.refs.load()
     if repo in repos:
@@ -975,6 +1145,26 @@ def rewrite_all_lowers(store: Store) -> None:
         p = os.path.join(store.driver.dir(layer.cache_id), "lower")
         if store.driver.lower_of(layer.cache_id) != want:
             write_plain(p, want.encode(), 0o644)
+    # container layers: <mid>-init sits on the image's top layer, <mid> on its init layer
+    for cid in _listdir(store.layout.layerdb_mounts):
+        md = store.layout.mount_dir(cid)
+        mid = (_read(os.path.join(md, "mount-id")) or b"").decode("utf-8", "replace").strip()
+        parent = (_read(os.path.join(md, "parent")) or b"").decode("utf-8", "replace").strip() or None
+        if not is_hex64(mid):
+            continue
+        init = mid + "-init"
+        if store.driver.exists(init):
+            want = expected_lower(store, parent)
+            p = os.path.join(store.driver.dir(init), "lower")
+            if want is not None and store.driver.lower_of(init) != want:
+                write_plain(p, want.encode(), 0o644)
+            try:
+                rw_want = "l/" + store.driver.link_of(init) + (":" + want if want else "")
+            except OSError:
+                continue
+            p = os.path.join(store.driver.dir(mid), "lower")
+            if store.driver.exists(mid) and store.driver.lower_of(mid) != rw_want:
+                write_plain(p, rw_want.encode(), 0o644)
 
 
 def diff_dir_size(path: str) -> int:

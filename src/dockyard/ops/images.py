@@ -240,8 +240,14 @@ class _Deleter:
         return None
 
     def untag(self, ref: Reference) -> None:
-        self.store.refs.delete(ref)
-        self.records.append(("Untagged", ref.familiar_string()))
+        self.untag_all([ref])
+
+    def untag_all(self, refs: list[Reference]) -> None:
+        if not refs:
+            return
+        self.store.refs.delete_many(refs)
+        for ref in refs:
+            self.records.append(("Untagged", ref.familiar_string()))
 
     def delete_image(self, name: str, force: bool, prune: bool) -> None:
         st = self.store
@@ -252,17 +258,13 @@ class _Deleter:
             ref = parse_reference(name).tagged_or_latest()
             if ref not in repo_refs:
                 ref = next((r for r in repo_refs if r.store_key() == ref.store_key()), ref)
-            self.untag(ref)
-            repo_refs = self.refs_of(image_id)
+            gone = [ref]
+            repo_refs = [r for r in repo_refs if r.store_key() != ref.store_key()]
             if ref.digest is None and not any(r.digest is None and r.name == ref.name for r in repo_refs):
                 # only digest references of that repository remain: they go too
-                remaining = []
-                for r in repo_refs:
-                    if r.digest is not None and r.name == ref.name:
-                        self.untag(r)
-                    else:
-                        remaining.append(r)
-                repo_refs = remaining
+                gone += [r for r in repo_refs if r.digest is not None and r.name == ref.name]
+                repo_refs = [r for r in repo_refs if not (r.digest is not None and r.name == ref.name)]
+            self.untag_all(gone)  # one rewrite of repositories.json: a crash leaves all or none
             if repo_refs:
                 return
             removed_repo_ref = True
@@ -271,8 +273,7 @@ class _Deleter:
                 c = self.check(image_id, children=True, running=True, refs=False, stopped=not force)
                 if c:
                     raise c
-                for r in repo_refs:
-                    self.untag(r)
+                self.untag_all(repo_refs)
         self.helper(image_id, force=force, prune=prune, quiet=removed_repo_ref)
 
     def helper(self, image_id: str, *, force: bool, prune: bool, quiet: bool) -> None:
@@ -283,8 +284,7 @@ class _Deleter:
                 return
             raise c
         parent = st.images.get_parent(image_id)
-        for r in self.refs_of(image_id):
-            self.untag(r)
+        self.untag_all(self.refs_of(image_id))
         top = st.images.get(image_id).top_chain
         st.images.delete(image_id)
         self.records.append(("Deleted", image_id))

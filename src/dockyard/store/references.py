@@ -91,6 +91,16 @@ class ReferenceStore:
             self.save(data)
         return old if old != image_id else None
 
+    def delete_many(self, refs: list[Reference]) -> None:
+        """Remove several references in one atomic rewrite."""
+        data = self.load()
+        for ref in refs:
+            name = ref.familiar_name
+            data.get(name, {}).pop(ref.store_key(), None)
+            if name in data and not data[name]:
+                data.pop(name)
+        self.save(data)
+
     def delete(self, ref: Reference) -> str | None:
         data = self.load()
         name = ref.familiar_name
