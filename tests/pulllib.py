@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import FIXTURES, _env, dy_cmd
 from listing import compare_listing, list_tree
 
@@ -621,7 +622,7 @@ def build_image(layer_files: list[dict[str, bytes]], *, diff_ids: list[str] | No
     ids = real if diff_ids is None else diff_ids
     config = go_json({"architecture": "amd64", "config": {"Cmd": ["/hello"]}, "created": "2024-01-01T00:00:00Z",
                       "history": [{"created": "2024-01-01T00:00:00Z", "created_by": "layer %d" % i}
-                                  for i in range(len(tars))],
+                                  for i in range(len(ids))],
                       "os": "linux", "rootfs": {"type": "layers", "diff_ids": ids}}).encode()
     if docker_schema2:
         mt, cmt, lmt = DOCKER_MANIFEST, "application/vnd.docker.container.image.v1+json", \

@@ -62,7 +62,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Any:
     try:
         regs["htpasswd"] = DockerRegistry(base / "ht", htpasswd=ht).start()
         regs["token"] = DockerRegistry(base / "tok", token=ts).start()
-        for kind, reg in regs.items():
+        for _kind, reg in regs.items():
             skopeo_copy(skopeo, "fx-shared.oci", "a", "%s/ns/shared:a" % reg.addr, creds="%s:%s" % (USER, PASSWORD))
         d = peers.Dockerd(base / "docker")
         d.start()

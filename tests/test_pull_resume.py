@@ -163,7 +163,7 @@ def _assert_complete(root: Path, slow: Any) -> StoreFacts:
     diff = facts.diff_dir(chain)
     assert (diff / "hello.txt").read_bytes() == b"resume me\n"
     assert (diff / "blob.bin").stat().st_size == LAYER_RANDOM
-    rc, rep = fsck_report(root, "--deep")
+    _rc, rep = fsck_report(root, "--deep")
     bad = [f for f in rep["findings"] if not f["repairable"]]
     assert not bad and not rep.get("damaged_images"), "fsck --deep after the resumed pull:\n" + fmt_findings(rep)
     assert not _partials(root), "partial files left after a successful pull: %s" % _partials(root)
@@ -179,7 +179,7 @@ def test_killed_pull_resumes_with_range(slow: Any, tmp_path: Path) -> None:
     # after the kill
     facts = StoreFacts.read(root)
     assert facts.image_ids == [] and facts.refs() == {}, "a killed pull left an image or a tag"
-    rc, rep = fsck_report(root)
+    _rc, rep = fsck_report(root)
     bad = [f for f in rep["findings"] if not f["repairable"]]
     assert not bad, "fsck after the kill has findings that are not repairable:\n" + fmt_findings(rep)
     parts = _partials(root)

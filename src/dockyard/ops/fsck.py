@@ -304,6 +304,7 @@ class Checker:
                     self._bad(chain, "its tar-split data is damaged")
         if "diff" not in info:
             self.missing_diffs.append(chain)
+            self.uncertain_usage = True  # a damaged record may have lost its parent link too
         if "cache_id" not in info:
             self.missing_cache_ids.append(chain)
         if "diff" in info and ("parent" in info or _read(os.path.join(p, "parent")) is None):
@@ -962,7 +963,16 @@ class Checker:
                     "remove it",
                     lambda lp=lp: os.unlink(lp),
                 )
-            elif name not in all_links and m.group(1) in referenced:
+            elif (
+                name not in all_links
+                and m.group(1) in referenced
+                # a layer whose link file is damaged adopts this link when repaired
+                and _LINK_RE.match(
+                    (_read(os.path.join(lay.overlay2, m.group(1), "link")) or b"")
+                    .decode("utf-8", "replace")
+                    .strip()
+                )
+            ):
                 self.f(
                     WARNING,
                     "short-link-unused",
@@ -983,7 +993,8 @@ class Checker:
             used.add(p)
         # Usage is only certain when every config and every layer's parent link could be read;
         # otherwise an "unused" layer may be one a damaged record still needs: never delete it then.
-        certain = not self.uncertain_usage
+        if self.uncertain_usage:
+            return  # a layer that looks unused may be one a damaged record needs: say nothing, touch nothing
         for hexid in self.layers:
             chain = f"sha256:{hexid}"
             if chain not in used:
@@ -991,10 +1002,9 @@ class Checker:
                     WARNING,
                     "unused-layer",
                     os.path.join(lay.layerdb_sha256, hexid),
-                    "layer that no image or container uses (left by an interrupted load or rmi)"
-                    + ("" if certain else "; kept: damaged records elsewhere may still need it"),
-                    "delete it (and its unused parents)" if certain else None,
-                    (lambda c=chain: _release(self.store, c)) if certain else None,
+                    "layer that no image or container uses (left by an interrupted load or rmi)",
+                    "delete it (and its unused parents)",
+                    lambda c=chain: _release(self.store, c),
                     confirm=True,
                 )
 
