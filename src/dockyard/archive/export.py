@@ -69,11 +69,11 @@ def write_dir_tar(
     count = 0
     root_b = os.fsencode(root)
 
-    def emit(ti: tarfile.TarInfo, *, pax: dict[str, str] | None = None) -> None:
+    def emit(ti: tarfile.TarInfo, *, pax: dict[str, str] | None = None, type_bits: int = 0) -> None:
         nonlocal count
         if pax:
             ti.pax_headers = pax
-        tw._header(ti)
+        tw._header(ti, type_bits)
         count += 1
 
     def visit(rel: bytes) -> None:
@@ -115,7 +115,7 @@ def write_dir_tar(
             if stat.S_ISDIR(mode):
                 ti.type = tarfile.DIRTYPE
                 ti.name = name + "/"
-                emit(ti, pax=pax)
+                emit(ti, pax=pax, type_bits=stat.S_IFMT(mode))
                 if overlay_whiteouts and _xattr(path.decode("utf-8", "surrogateescape"), OPAQUE) == b"y":
                     op = tarfile.TarInfo(name + "/.wh..wh..opq")
                     op.mode = stat.S_IMODE(mode) & 0o777
@@ -129,20 +129,20 @@ def write_dir_tar(
                 ti.type = tarfile.LNKTYPE
                 ti.linkname = links[key]
                 ti.size = 0
-                emit(ti, pax=pax)
+                emit(ti, pax=pax, type_bits=stat.S_IFMT(mode))
                 continue
             if st.st_nlink > 1:
                 links[key] = name
             if stat.S_ISLNK(mode):
                 ti.type = tarfile.SYMTYPE
                 ti.linkname = os.readlink(path).decode("utf-8", "surrogateescape")
-                emit(ti, pax=pax)
+                emit(ti, pax=pax, type_bits=stat.S_IFMT(mode))
             elif stat.S_ISREG(mode):
                 ti.type = tarfile.REGTYPE
                 ti.size = st.st_size
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
-                    emit(ti, pax=pax)
+                    emit(ti, pax=pax, type_bits=stat.S_IFMT(mode))
                     left = st.st_size
                     while left > 0:
                         chunk = os.read(fd, min(1 << 20, left))
@@ -156,10 +156,10 @@ def write_dir_tar(
             elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
                 ti.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
                 ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-                emit(ti, pax=pax)
+                emit(ti, pax=pax, type_bits=stat.S_IFMT(mode))
             elif stat.S_ISFIFO(mode):
                 ti.type = tarfile.FIFOTYPE
-                emit(ti, pax=pax)
+                emit(ti, pax=pax, type_bits=stat.S_IFMT(mode))
 
     visit(b"")
     tw.close()

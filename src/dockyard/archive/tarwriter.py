@@ -27,10 +27,19 @@ class TarWriter:
         self._write(data)
         self.offset += len(data)
 
-    def _header(self, info: tarfile.TarInfo) -> None:
+    def _header(self, info: tarfile.TarInfo, type_bits: int | None = None) -> None:
+        """Emit ``info``'s header. Go's archive/tar writes the file-type bits into the mode field
+        (``040755``, ``0100644``): pass them as ``type_bits`` to get Docker's exact headers."""
         info.uname = info.uname or self.uname
         info.gname = info.gname or self.gname
-        self._emit(info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"))
+        buf = info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
+        if type_bits:
+            blk = bytearray(buf[-BLOCK:])
+            blk[100:108] = b"%07o\x00" % ((info.mode & 0o7777) | type_bits)
+            blk[148:156] = b" " * 8
+            blk[148:155] = b"%06o\x00" % sum(blk)
+            buf = buf[:-BLOCK] + bytes(blk)
+        self._emit(buf)
 
     def add_dir(self, name: str, *, mode: int = 0o755, mtime: int = 0, uid: int = 0, gid: int = 0) -> None:
         ti = tarfile.TarInfo(name.rstrip("/") + "/")
@@ -38,7 +47,7 @@ class TarWriter:
         ti.mode = mode
         ti.mtime = mtime
         ti.uid, ti.gid = uid, gid
-        self._header(ti)
+        self._header(ti, 0o040000)
 
     def add_symlink(self, name: str, target: str, *, mtime: int = 0) -> None:
         ti = tarfile.TarInfo(name)
@@ -46,7 +55,7 @@ class TarWriter:
         ti.linkname = target
         ti.mode = 0o777
         ti.mtime = mtime
-        self._header(ti)
+        self._header(ti, 0o120000)
 
     def add_bytes(self, name: str, data: bytes, *, mode: int = 0o644, mtime: int = 0) -> None:
         self.add_stream(name, len(data), [data], mode=mode, mtime=mtime)
@@ -58,7 +67,7 @@ class TarWriter:
         ti.size = size
         ti.mode = mode
         ti.mtime = mtime
-        self._header(ti)
+        self._header(ti, 0o100000)
         n = 0
         for c in chunks:
             n += len(c)
@@ -74,7 +83,7 @@ class TarWriter:
         ti.size = size
         ti.mode = mode
         ti.mtime = mtime
-        self._header(ti)
+        self._header(ti, 0o100000)
 
     def write_data(self, data: bytes | memoryview) -> None:
         self._emit(data)

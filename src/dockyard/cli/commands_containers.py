@@ -3,7 +3,6 @@ mount, umount. Container inspect is served by ``dockyard inspect`` (containers f
 
 from __future__ import annotations
 
-import shlex
 import sys
 from typing import Any
 
@@ -50,7 +49,7 @@ def _create_options(image: str, command: tuple[str, ...], kw: dict[str, Any]) ->
     from dockyard.containers.lifecycle import CreateOptions
     from dockyard.errors import InvalidInput
 
-    env = list(kw["env"])
+    env: list[str] = []
     for path in kw["env_file"]:
         try:
             with open(path, encoding="utf-8") as f:
@@ -60,6 +59,7 @@ def _create_options(image: str, command: tuple[str, ...], kw: dict[str, Any]) ->
                         env.append(line)
         except OSError as e:
             raise InvalidInput(f"open {path}: {e.strerror}") from None
+    env += list(kw["env"])  # docker reads the env files first; -e wins
     import os
 
     env = [e if "=" in e else (f"{e}={os.environ[e]}" if e in os.environ else e) for e in env]
@@ -230,9 +230,12 @@ def ps(ctx: Context, all_: bool, quiet: bool, no_trunc: bool, fmt: str | None) -
             continue
         state, status = status_of(cfg, running)
         cid = str(cfg["ID"])
-        args = [str(cfg.get("Path", ""))] + [str(a) for a in cfg.get("Args") or []]
-        command = " ".join(shlex.quote(a) if (" " in a or not a) else a for a in args)
-        command_out = command if no_trunc else _ellipsis(command, 20)
+        # dockerd: Path + args, args with a space in single quotes; the CLI truncates, then Go-quotes
+        args = [str(a) for a in cfg.get("Args") or []]
+        command = str(cfg.get("Path", ""))
+        if args:
+            command += " " + " ".join(f"'{a}'" if " " in a else a for a in args)
+        command_out = _go_quote(command if no_trunc else _ellipsis(command, 20))
         labels = cfg["Config"].get("Labels") or {}
         try:
             created_ns = gojson.parse_rfc3339(str(cfg.get("Created", "")))
@@ -241,12 +244,14 @@ def ps(ctx: Context, all_: bool, quiet: bool, no_trunc: bool, fmt: str | None) -
         nets = ",".join(sorted((cfg.get("NetworkSettings") or {}).get("Networks") or {}))
         rows.append(
             {
-                "Command": f'"{command_out}"',
+                "Command": command_out,
                 "CreatedAt": go_time_string(created_ns),
                 "ID": cid if no_trunc else cid[:12],
                 "Image": str(cfg["Config"].get("Image") or cfg.get("Image", "")),
                 "Labels": ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
-                "LocalVolumes": "0",
+                "LocalVolumes": str(
+                    sum(1 for m in (cfg.get("MountPoints") or {}).values() if m.get("Type") == "volume")
+                ),
                 "Mounts": ",".join(
                     sorted(
                         str(m.get("Name") or m.get("Source", ""))
@@ -277,6 +282,36 @@ def ps(ctx: Context, all_: bool, quiet: bool, no_trunc: bool, fmt: str | None) -
             for r in rows
         ],
     )
+
+
+def _go_quote(s: str) -> str:
+    """Go's strconv.Quote: printable runes kept, the rest escaped."""
+    named = {
+        '"': '\\"',
+        "\\": "\\\\",
+        "\n": "\\n",
+        "\t": "\\t",
+        "\r": "\\r",
+        "\a": "\\a",
+        "\b": "\\b",
+        "\f": "\\f",
+        "\v": "\\v",
+    }
+    out = ['"']
+    for ch in s:
+        o = ord(ch)
+        if ch in named:
+            out.append(named[ch])
+        elif o < 0x20 or o == 0x7F:
+            out.append("\\x%02x" % o)
+        elif 0xD800 <= o <= 0xDFFF:
+            out.append("\\ufffd")
+        elif o >= 0x80 and not ch.isprintable():
+            out.append("\\u%04x" % o if o <= 0xFFFF else "\\U%08x" % o)
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
 
 
 def _ellipsis(s: str, n: int) -> str:

@@ -65,6 +65,14 @@ DEFAULT_HOSTS = (
 )
 
 
+class StartError(DockyardError):
+    """The container could not be started; ``exit_code`` follows docker run (125/126/127)."""
+
+    def __init__(self, message: str, exit_code: int = 125) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 @dataclass
 class CreateOptions:
     name: str | None = None
@@ -314,6 +322,15 @@ class Containers:
         boundary("container:created")
 
     # ------------------------------------------------------------------ start / monitor
+    def _mark_starting(self, cid: str) -> None:
+        """Claim the container for this process before anything is mounted: ``reap`` leaves a
+        container alone while the pid in its monitor file lives."""
+        bundle = os.path.join(self.exec_root, cid)
+        os.makedirs(bundle, mode=0o711, exist_ok=True)
+        write_plain(
+            os.path.join(bundle, "monitor"), f"{os.getpid()} {_pid_start_time(os.getpid())}".encode(), 0o600
+        )
+
     def prepare_start(self, cid: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """Mount the rootfs, write hostname/hosts/resolv.conf, write the OCI bundle."""
         st = self.store
@@ -321,67 +338,86 @@ class Containers:
             cfg = self.load(cid)
             if self.is_running(cfg):
                 raise Conflict(f"container {cid[:12]} is already running")
-            hc = self.hostconfig(cid)
-            cdir = self.dir(cid)
-            mid = self.mount_id(cid)
-            rootfs = st.driver.get(mid)
-            c = cfg["Config"]
-            hostname = c.get("Hostname") or cid[:12]
-            _write_file(os.path.join(cdir, "hostname"), (hostname + "\n").encode(), 0o644)
-            if hc.get("NetworkMode") == "host":
-                hosts = _read_host_file("/etc/hosts") or DEFAULT_HOSTS.encode()
-            else:
-                hosts = DEFAULT_HOSTS.encode()
-            _write_file(os.path.join(cdir, "hosts"), hosts, 0o644)
-            resolv = _resolv_conf(hc.get("NetworkMode") == "host")
-            _write_file(os.path.join(cdir, "resolv.conf"), resolv, 0o644)
-            atomic_write(
-                os.path.join(cdir, "resolv.conf.hash"),
-                ("sha256:" + hashlib.sha256(resolv).hexdigest()).encode(),
-                0o644,
-                sync_dir=False,
-            )
-            makedirs(os.path.join(cdir, "mounts"), 0o710)
-            log_path = os.path.join(cdir, f"{cid}-json.log")
-            if not os.path.exists(log_path):
-                _write_file(log_path, b"", 0o640)
-            cfg["HostnamePath"] = os.path.join(cdir, "hostname")
-            cfg["HostsPath"] = os.path.join(cdir, "hosts")
-            cfg["ResolvConfPath"] = os.path.join(cdir, "resolv.conf")
-            cfg["LogPath"] = log_path
-            self.save(cid, cfg)
-            user = resolve_user(rootfs, str(c.get("User") or ""))
-            workdir = str(c.get("WorkingDir") or "/")
-            _mkdir_in_rootfs(rootfs, workdir)
-            binds = []
-            for b in hc.get("Binds") or []:
-                src, dst, rw = parse_bind(b)
-                if not os.path.exists(src):
-                    os.makedirs(src, 0o755, exist_ok=True)
-                binds.append((src, dst, rw))
-            env = merge_env(
-                [f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}"] + (["TERM=xterm"] if c.get("Tty") else []),
-                list(c.get("Env") or []),
-            )
-            spec = build_spec(
-                rootfs=rootfs,
-                args=[str(cfg["Path"]), *[str(a) for a in cfg.get("Args") or []]],
-                env=env,
-                cwd=workdir,
-                user=user,
-                hostname=hostname,
-                tty=bool(c.get("Tty")),
-                read_only=bool(hc.get("ReadonlyRootfs")),
-                network_mode=str(hc.get("NetworkMode") or "none"),
-                container_dir=cdir,
-                binds=binds,
-                cgroups_path=f"/dockyard/{cid}",
-            )
-            bundle = os.path.join(self.exec_root, cid)
-            os.makedirs(bundle, mode=0o711, exist_ok=True)
-            atomic_write(
-                os.path.join(bundle, "config.json"), gojson.marshal(spec).encode(), 0o600, sync_dir=False
-            )
+            self._mark_starting(cid)
+            try:
+                return self._prepare(cid, cfg)
+            except BaseException as e:
+                # nothing may stay mounted or half-written after a failed start
+                try:
+                    st.driver.put(self.mount_id(cid))
+                except (DockyardError, OSError):
+                    pass
+                shutil.rmtree(os.path.join(self.exec_root, cid), ignore_errors=True)
+                if isinstance(e, DockyardError):
+                    cfg = self.load(cid)
+                    cfg["State"].update(Running=False, Pid=0, ExitCode=128, Error=str(e))
+                    self.save(cid, cfg)
+                    raise StartError(str(e), 125) from None
+                raise
+
+    def _prepare(self, cid: str, cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        st = self.store
+        hc = self.hostconfig(cid)
+        cdir = self.dir(cid)
+        mid = self.mount_id(cid)
+        rootfs = st.driver.get(mid)
+        c = cfg["Config"]
+        hostname = c.get("Hostname") or cid[:12]
+        _write_file(os.path.join(cdir, "hostname"), (hostname + "\n").encode(), 0o644)
+        if hc.get("NetworkMode") == "host":
+            hosts = _read_host_file("/etc/hosts") or DEFAULT_HOSTS.encode()
+        else:
+            hosts = DEFAULT_HOSTS.encode()
+        _write_file(os.path.join(cdir, "hosts"), hosts, 0o644)
+        resolv = _resolv_conf(hc.get("NetworkMode") == "host")
+        _write_file(os.path.join(cdir, "resolv.conf"), resolv, 0o644)
+        atomic_write(
+            os.path.join(cdir, "resolv.conf.hash"),
+            ("sha256:" + hashlib.sha256(resolv).hexdigest()).encode(),
+            0o644,
+            sync_dir=False,
+        )
+        makedirs(os.path.join(cdir, "mounts"), 0o710)
+        log_path = os.path.join(cdir, f"{cid}-json.log")
+        if not os.path.exists(log_path):
+            _write_file(log_path, b"", 0o640)
+        cfg["HostnamePath"] = os.path.join(cdir, "hostname")
+        cfg["HostsPath"] = os.path.join(cdir, "hosts")
+        cfg["ResolvConfPath"] = os.path.join(cdir, "resolv.conf")
+        cfg["LogPath"] = log_path
+        self.save(cid, cfg)
+        user = resolve_user(rootfs, str(c.get("User") or ""))
+        workdir = str(c.get("WorkingDir") or "/")
+        _mkdir_in_rootfs(rootfs, workdir)
+        binds = []
+        for b in hc.get("Binds") or []:
+            src, dst, rw = parse_bind(b)
+            if not os.path.exists(src):
+                os.makedirs(src, 0o755, exist_ok=True)
+            binds.append((src, dst, rw))
+        env = merge_env(
+            [f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}"] + (["TERM=xterm"] if c.get("Tty") else []),
+            list(c.get("Env") or []),
+        )
+        spec = build_spec(
+            rootfs=rootfs,
+            args=[str(cfg["Path"]), *[str(a) for a in cfg.get("Args") or []]],
+            env=env,
+            cwd=workdir,
+            user=user,
+            hostname=hostname,
+            tty=bool(c.get("Tty")),
+            read_only=bool(hc.get("ReadonlyRootfs")),
+            network_mode=str(hc.get("NetworkMode") or "none"),
+            container_dir=cdir,
+            binds=binds,
+            cgroups_path=f"/dockyard/{cid}",
+        )
+        bundle = os.path.join(self.exec_root, cid)
+        os.makedirs(bundle, mode=0o711, exist_ok=True)
+        atomic_write(
+            os.path.join(bundle, "config.json"), gojson.marshal(spec).encode(), 0o600, sync_dir=False
+        )
         return cfg, hc
 
     def monitor(
@@ -410,7 +446,9 @@ class Containers:
         err_text = b""
         try:
             if tty_mode:
-                sock_path = os.path.join(bundle, "console.sock")
+                # AF_UNIX paths are short (108 bytes): a private dir under /tmp, not the bundle
+                sock_dir = tempfile_dir()
+                sock_path = os.path.join(sock_dir, "console.sock")
                 console_sock = _console_socket(sock_path)
                 proc = subprocess.run(
                     self.runtime.cmd(
@@ -469,15 +507,24 @@ class Containers:
         except BaseException as e:
             msg = str(e) if isinstance(e, DockyardError) else f"{type(e).__name__}: {e}"
             log.close()
-            self._finish(cid, 127 if isinstance(e, DockyardError) else 128, error=msg)
+            # docker's codes for a process that never ran: 127 not found, 126 not executable
+            low = msg.lower()
+            code = (
+                127
+                if ("no such file" in low or "not found" in low)
+                else (126 if "permission denied" in low else 128)
+            )
+            self._finish(cid, code, error=msg, started=False)
             if on_failed:
                 on_failed(msg)
-            if isinstance(e, DockyardError):
-                raise
-            raise DockyardError(f"failed to run container {cid[:12]}: {msg}") from None
+            raise StartError(
+                msg if isinstance(e, DockyardError) else f"failed to run container {cid[:12]}: {msg}",
+                code if code in (126, 127) else 125,
+            ) from None
         finally:
             if console_sock is not None:
                 console_sock.close()
+                shutil.rmtree(os.path.dirname(sock_path), ignore_errors=True)
         log.close()
         self._finish(cid, code)
         return code
@@ -560,21 +607,18 @@ class Containers:
                         out = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
                         out.write(data)
                         out.flush()
-                if status is None:
-                    try:
-                        wpid, st = os.waitpid(pid, os.WNOHANG)
-                    except ChildProcessError:
-                        wpid, st = pid, 0
-                    if wpid == pid:
-                        status = st
-                # reap any other child (e.g. runtime helpers)
+                # Reap children (we are a subreaper: the container's init is one of them, next to
+                # runtime helpers) and keep the init's status when it comes by.
                 try:
                     while True:
-                        wp, _ = os.waitpid(-1, os.WNOHANG)
+                        wp, st = os.waitpid(-1, os.WNOHANG)
                         if wp == 0:
                             break
+                        if wp == pid and status is None:
+                            status = st
                 except ChildProcessError:
-                    pass
+                    if status is None and not _alive(pid):
+                        status = 255 << 8  # gone without a status we could read
                 if status is not None and not open_fds:
                     break
                 if status is not None and not ready:
@@ -604,7 +648,7 @@ class Containers:
             return 128 + os.WTERMSIG(status)
         return 255
 
-    def _finish(self, cid: str, code: int, *, error: str = "") -> None:
+    def _finish(self, cid: str, code: int, *, error: str = "", started: bool = True) -> None:
         """After the container ended: runtime state gone, rootfs unmounted, exit recorded."""
         self.runtime.delete(cid)
         try:
@@ -618,7 +662,9 @@ class Containers:
                 except NotFound:
                     cfg = None
                 if cfg is not None:
-                    cfg["State"].update(Running=False, Pid=0, ExitCode=code, FinishedAt=now(), Error=error)
+                    cfg["State"].update(Running=False, Pid=0, ExitCode=code, Error=error)
+                    if started:
+                        cfg["State"]["FinishedAt"] = now()
                     self.save(cid, cfg)
                 shutil.rmtree(os.path.join(self.exec_root, cid), ignore_errors=True)
                 if cfg is not None and self.hostconfig(cid).get("AutoRemove"):
@@ -657,6 +703,10 @@ class Containers:
                 continue
             if self.monitor_alive(cid):
                 continue
+            with self.store.write_lock():
+                # a start may have claimed it while we looked
+                if self.monitor_alive(cid):
+                    continue
             pid = int(st.get("Pid") or 0)
             if pid and _alive(pid):
                 _kill_quiet(pid, signal.SIGKILL)
@@ -684,6 +734,20 @@ class Containers:
             except DockyardError:
                 continue
             reaped.append(cid)
+        # bundles of containers that ended (or no longer exist) whose monitor is gone
+        try:
+            names = os.listdir(self.exec_root)
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            if is_hex64(name) and not self.monitor_alive(name):
+                try:
+                    gone = not os.path.isdir(self.dir(name)) or not self.load(name)["State"].get("Running")
+                except DockyardError:
+                    gone = True
+                if gone:
+                    self.runtime.delete(name)
+                    shutil.rmtree(os.path.join(self.exec_root, name), ignore_errors=True)
         return reaped
 
     # ------------------------------------------------------------------ signals
@@ -869,13 +933,19 @@ def _drain(fd: int) -> bytes:
     return out
 
 
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="dyc-", dir="/tmp")
+
+
 def _runtime_error(stderr: bytes) -> str:
     text = stderr.decode("utf-8", "replace").strip()
     lines = [ln for ln in text.splitlines() if ln.strip()]
     msg = lines[-1] if lines else "the OCI runtime failed"
-    m = re.search(r'msg="(.*?)"', msg)
+    m = re.search(r'msg="((?:[^"\\]|\\.)*)"', msg)
     if m:
-        msg = m.group(1)
+        msg = re.sub(r"\\(.)", r"\1", m.group(1))
     return f"OCI runtime create failed: {msg}"
 
 

@@ -106,6 +106,20 @@ class Overlay2Driver:
             except FileNotFoundError:
                 pass
             boundary("driver:link-removed")
+        else:
+            # the link file was never written (or was lost): find our l/ entry by its target
+            want = os.path.join("..", cache_id, "diff")
+            try:
+                names = os.listdir(self.layout.overlay2_links)
+            except FileNotFoundError:
+                names = []
+            for name in names:
+                lp = self.layout.link_path(name)
+                try:
+                    if os.readlink(lp) == want:
+                        os.unlink(lp)
+                except OSError:
+                    continue
         merged = os.path.join(d, "merged")
         if os.path.ismount(merged):
             self._unmount(merged)

@@ -299,10 +299,30 @@ def _layer_dirs(mgr: Containers, cid: str) -> tuple[str, list[str]]:
 
 
 def diff(mgr: Containers, cid: str) -> list[Change]:
-    from dockyard.containers.changes import overlay_changes
+    """docker diff: the mounted rootfs against the mounted init layer (dockerd's naive diff)."""
+    from dockyard.containers.changes import changes_between
 
-    upper, lowers = _layer_dirs(mgr, cid)
-    return overlay_changes(upper, lowers)
+    mgr.reap()
+    mid = mgr.mount_id(cid)
+    init = mid + "-init"
+    drv = mgr.store.driver
+    mounted = []
+    with mgr.store.write_lock():
+        for layer in (mid, init):
+            if not drv.mounted(layer) and drv.lower_of(layer) is not None:
+                mounted.append(layer)
+            drv.get(layer)
+    try:
+        new_root = drv.get(mid)
+        old_root = drv.get(init)
+        return changes_between(new_root, old_root)
+    finally:
+        if mounted:
+            with mgr.store.write_lock():
+                for layer in mounted:
+                    if layer == mid and mgr.is_running(mgr.load(cid)):
+                        continue
+                    drv.put(layer)
 
 
 def export(mgr: Containers, cid: str, write: Callable[[bytes | memoryview], Any]) -> None:
@@ -409,8 +429,6 @@ def commit(
         }
         if author:
             img["author"] = author
-        if message:
-            img["comment"] = message
         if pd.get("variant"):
             img["variant"] = pd["variant"]
         if pd.get("os.version"):

@@ -255,6 +255,14 @@ class _Deleter:
         repo_refs = self.refs_of(image_id)
         removed_repo_ref = False
         if not _is_id_prefix(image_id, name):
+            if not force and _is_single_reference(repo_refs):
+                user = next((c for c in st.containers.all() if c.image_id == image_id), None)
+                if user is not None:
+                    # untagging would leave the image dangling under a container: docker refuses
+                    raise Conflict(
+                        f'conflict: unable to remove repository reference "{name}" (must force) - container '
+                        f"{short_id(user.id)} is using its referenced image {short_id(image_id)}"
+                    )
             ref = parse_reference(name).tagged_or_latest()
             if ref not in repo_refs:
                 ref = next((r for r in repo_refs if r.store_key() == ref.store_key()), ref)
