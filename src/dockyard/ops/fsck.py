@@ -506,6 +506,18 @@ class Checker:
         mounts = set(_listdir(lay.layerdb_mounts))
         containers = {c for c in _listdir(lay.containers) if is_hex64(c)}
         removing = {c[:64] for c in _listdir(lay.containers) if c.endswith("-removing") and is_hex64(c[:64])}
+        for name in _listdir(lay.containers):
+            if name.startswith(".tmp-") and is_hex64(name[5:]):
+                removing.add(name[5:])
+                p = os.path.join(lay.containers, name)
+                self.f(
+                    WARNING,
+                    "container-create-leftover",
+                    p,
+                    f"leftover of an interrupted creation of container {name[5:17]}",
+                    "remove it and the layers made for it",
+                    lambda c=name[5:], p=p: self._drop_staged_container(c, p),
+                )
         for cid in sorted(removing):
             p = lay.container_dir(cid) + "-removing"
             self.f(
@@ -598,6 +610,13 @@ class Checker:
                         os.path.join(lay.container_dir(cid), "config.v2.json"),
                         f"config.v2.json of container {cid[:12]} is not valid JSON",
                     )
+
+    def _drop_staged_container(self, cid: str, path: str) -> None:
+        from dockyard.ops.housekeeping import release_container_layers
+
+        if not os.path.isdir(self.store.layout.container_dir(cid)):
+            release_container_layers(self.store, cid)
+        _rmtree(path)
 
     def _finish_container_removal(self, cid: str) -> None:
         from dockyard.ops.housekeeping import release_container_layers
