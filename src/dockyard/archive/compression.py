@@ -117,6 +117,11 @@ class VerifyingReader:
     def verify(self) -> str:
         """Read to the end and check size and digest; returns the digest."""
         self.drain()
+        if self.expected_size is not None and self.count < self.expected_size:
+            raise InvalidInput(
+                f"{self.what}: blob ended early: {self.count} of the {self.expected_size} bytes its descriptor "
+                "gives (truncated, or the connection was lost)"
+            )
         if self.expected_size is not None and self.count != self.expected_size:
             raise InvalidInput(
                 f"{self.what}: size mismatch: descriptor says {self.expected_size} bytes, blob has {self.count}"

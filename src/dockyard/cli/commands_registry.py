@@ -55,7 +55,8 @@ def pull(
     for n in names:
         r = parse_reference(n)
         if not quiet:
-            click.echo(f"{r.tag or r.digest or 'latest'}: Pulling from {r.path}")
+            head = r.familiar_string() if r.digest else (r.tag or "latest")
+            click.echo(f"{head}: Pulling from {r.path}")
 
         def event(layer: str, msg: str) -> None:
             if not quiet and not tty:

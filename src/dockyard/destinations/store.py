@@ -71,17 +71,17 @@ def extract_layer(job: ExtractJob, progress: ProgressFn) -> ExtractOutcome:
             try:
                 result = apply_layer(read, job.diff_dir, gz.write)
             except DockyardError as e:
-                _blame_blob(raw)
+                _blame_blob(raw, blob)
                 raise type(e)(f"{job.label}: {e}") from None
             except OSError as e:
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise NoSpace(f"{job.label}: no space left on device") from None
-                _blame_blob(raw)
+                _blame_blob(raw, blob)
                 raise LayerError(f"{job.label}: {_describe_stream_error(e)}") from None
             except Exception as e:
                 # decompressor errors (bad gzip/zstd data, truncated stream): a wrong blob digest
                 # is the better explanation when there is one.
-                _blame_blob(raw)
+                _blame_blob(raw, blob)
                 raise LayerError(f"{job.label}: {_describe_stream_error(e)}") from None
             try:
                 gz.close()
@@ -96,20 +96,33 @@ def extract_layer(job: ExtractJob, progress: ProgressFn) -> ExtractOutcome:
                 tsf.close()
             except OSError:
                 pass  # the error that matters was raised above
-        digest = raw.verify()
+        try:
+            digest = raw.verify()
+        except InvalidInput:
+            _forget_partial(blob)
+            raise
         progress(raw.count)
         return ExtractOutcome(result, digest, raw.count)
     finally:
         f.close()
 
 
-def _blame_blob(raw: compression.VerifyingReader) -> None:
+def _forget_partial(blob: LayerBlob) -> None:
+    """Bytes that failed verification must not be resumed from (a registry download's cache)."""
+    forget = getattr(blob.opener, "forget_partial", None)
+    if forget is not None:
+        forget()
+
+
+def _blame_blob(raw: compression.VerifyingReader, blob: LayerBlob | None = None) -> None:
     """If the blob does not match its digest or size, say that rather than what it broke."""
     if raw.expected_digest is None and raw.expected_size is None:
         return
     try:
         raw.verify()
     except InvalidInput:
+        if blob is not None:
+            _forget_partial(blob)
         raise
     except Exception:
         return

@@ -68,21 +68,33 @@ def pull(
         client.close()
     image = pulled.image
     existed = store.images.exists(image.id)
-    states = []
-    for blob, chain in zip(image.layers, image.config.chain_ids, strict=True):
-        st = "Already exists" if store.layers.exists(chain) else "Pull complete"
-        states.append((blob.digest or "", st))
-        if st == "Already exists":
-            emit(_short(blob.digest), "Already exists")
-        else:
-            emit(_short(blob.digest), "Pulling fs layer")
+    states: list[tuple[str, str]] = []
+    if not existed:
+        # Docker skips everything (layer lines, distribution records) for an image it already has
+        for blob, chain in zip(image.layers, image.config.chain_ids, strict=True):
+            st = "Already exists" if store.layers.exists(chain) else "Pull complete"
+            states.append((blob.digest or "", st))
+            emit(_short(blob.digest), "Already exists" if st == "Already exists" else "Pulling fs layer")
+    before = store.refs.get(ref)
     with store.write_lock():
         os.makedirs(partial_root, mode=0o700, exist_ok=True)
-        load_images(store, [image], workers=max(1, max_concurrent), on_layer_progress=progress, tag=False)
-        dist = DistributionStore(store.layout)
-        for blob in image.layers:
-            if blob.digest:
-                dist.add(blob.diff_id, blob.digest, ref.name)
+        if not existed:
+            resumed = [b for b in image.layers if os.path.exists(getattr(b.opener, "partial_path", ""))]
+            try:
+                load_images(
+                    store, [image], workers=max(1, max_concurrent), on_layer_progress=progress, tag=False
+                )
+            except InvalidInput:
+                if not resumed:
+                    raise
+                # A partial download that did not verify was dropped: start those over once.
+                load_images(
+                    store, [image], workers=max(1, max_concurrent), on_layer_progress=progress, tag=False
+                )
+            dist = DistributionStore(store.layout)
+            for blob in image.layers:
+                if blob.digest:
+                    dist.add(blob.diff_id, blob.digest, ref.name)
         repos = store.refs.load()
         if ref.tag is not None:
             store.refs.add(ref, image.id, repos=repos)
@@ -90,17 +102,17 @@ def pull(
         if store.refs.get(dref) is None:
             store.refs.add(dref, image.id, repos=repos)
         store.refs.save(repos)
-    for blob, (_, st) in zip(image.layers, states, strict=True):
-        if st != "Already exists":
+    for i, blob in enumerate(image.layers):
+        if i < len(states) and states[i][1] != "Already exists":
             emit(_short(blob.digest), "Pull complete")
-        if blob.opener is not None:
-            p = getattr(blob.opener, "partial_path", None)
-            if p:
-                try:
-                    os.unlink(p)
-                except FileNotFoundError:
-                    pass
-    return PullResult(ref, image.id, pulled.top_digest, new=not existed, layers=states)
+        p = getattr(blob.opener, "partial_path", None)
+        if p:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+    # docker's Status: "Downloaded newer image" when the reference now names a different image
+    return PullResult(ref, image.id, pulled.top_digest, new=before != image.id, layers=states)
 
 
 def _short(digest: str | None) -> str:

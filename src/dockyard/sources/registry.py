@@ -114,6 +114,12 @@ class RegistryBlobOpener:
     def open(self) -> ResumableBlob:
         return ResumableBlob(self)
 
+    def forget_partial(self) -> None:
+        try:
+            os.unlink(self.partial_path)
+        except FileNotFoundError:
+            pass
+
 
 ACCEPT = (
     "application/vnd.oci.image.index.v1+json",
