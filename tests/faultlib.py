@@ -17,6 +17,7 @@ Everything here drives the real CLI in subprocesses (``python -m dockyard --data
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -128,7 +129,8 @@ def _group_pids(pgid: int) -> list[int]:
 
 
 def run_killed(root: os.PathLike | str, *args: Any, crash_at: int | None = None, delay: float | None = None,
-               log: os.PathLike | str | None = None, timeout: float = 120) -> KillResult:
+               log: os.PathLike | str | None = None, timeout: float = 120,
+               env: dict[str, str] | None = None) -> KillResult:
     """Run a dockyard command that dies: at its ``crash_at``-th write boundary (its own SIGKILL via
     DOCKYARD_CRASH_AT) or ``delay`` seconds after it started (our SIGKILL to the dockyard process only,
     as a crash of that process would). Afterwards waits up to 3 s for every process of its group to be
@@ -137,6 +139,8 @@ def run_killed(root: os.PathLike | str, *args: Any, crash_at: int | None = None,
     e = _env()
     e.pop("DOCKYARD_CRASH_AT", None)
     e.pop("DOCKYARD_CRASH_LOG", None)
+    if env:
+        e.update(env)
     if crash_at is not None:
         e["DOCKYARD_CRASH_AT"] = str(crash_at)
     if log is not None:
@@ -603,3 +607,197 @@ def assert_no_mounts(root: os.PathLike | str) -> None:
 def rmtree(p: os.PathLike | str) -> None:
     umount_below(p)
     shutil.rmtree(p, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ derived fixtures
+def prefix_save(src: os.PathLike | str, keep: int, dst: os.PathLike | str, tag: str) -> ImageSpec:
+    """Write a docker-save tar holding a NEW image made of the first ``keep`` layers of the (only) image of the
+    docker-save ``src``: same layer tars, a config whose rootfs and history are cut after those layers. Loaded
+    into a data-root, it gives a store that already holds the bottom of ``src``'s chain (a later load or pull
+    of ``src`` finds those layers there). Returns what the new image is (ID = sha256 of the config bytes)."""
+    with tarfile.open(src) as t:
+        manifest = json.load(t.extractfile("manifest.json"))
+        assert len(manifest) == 1, "%s holds %d images" % (src, len(manifest))
+        item = manifest[0]
+        cfg = json.load(t.extractfile(item["Config"]))
+        assert 0 < keep < len(cfg["rootfs"]["diff_ids"]), keep
+        layers = item["Layers"][:keep]
+        blobs = {name: t.extractfile(name).read() for name in layers}
+    hist, n = [], 0
+    for h in cfg.get("history") or []:
+        if n == keep:
+            break
+        hist.append(h)
+        n += 0 if h.get("empty_layer") else 1
+    cfg["rootfs"]["diff_ids"] = cfg["rootfs"]["diff_ids"][:keep]
+    cfg["history"] = hist
+    cfg["config"]["Labels"] = dict(cfg["config"].get("Labels") or {}, **{"org.fx.derived": "prefix-%d" % keep})
+    raw = json.dumps(cfg, separators=(",", ":")).encode()
+    image_id = hashlib.sha256(raw).hexdigest()
+    for name in layers:
+        assert "sha256:" + hashlib.sha256(blobs[name]).hexdigest() in cfg["rootfs"]["diff_ids"], name
+    out_manifest = json.dumps([{"Config": image_id + ".json", "RepoTags": [tag], "Layers": layers}]).encode()
+
+    def add(t: tarfile.TarFile, name: str, data: bytes) -> None:
+        ti = tarfile.TarInfo(name)
+        ti.size, ti.mode, ti.mtime = len(data), 0o644, 1_700_000_000
+        t.addfile(ti, io.BytesIO(data))
+
+    with tarfile.open(dst, "w", format=tarfile.GNU_FORMAT) as t:
+        for name in layers:
+            add(t, name, blobs[name])
+        add(t, image_id + ".json", raw)
+        add(t, "manifest.json", out_manifest)
+    return ImageSpec("sha256:" + image_id, (_familiar(tag),), tuple(cfg["rootfs"]["diff_ids"]))
+
+
+# ------------------------------------------------------------------------------------------------ containers
+def container_ids_in(root: os.PathLike | str) -> set[str]:
+    """IDs of every container the data-root has a trace of: containers/<id>, containers/.tmp-<id> (a creation
+    that did not finish), containers/<id>-removing (a removal that did not finish), layerdb/mounts/<id>."""
+    root = Path(root)
+    out = set()
+    for d in (root / "containers", root / "image" / "overlay2" / "layerdb" / "mounts"):
+        for n in sorted(os.listdir(d)) if d.is_dir() else []:
+            m = re.match(r"^(?:\.tmp-)?([a-f0-9]{64})(?:-removing)?$", n)
+            if m:
+                out.add(m.group(1))
+    return out
+
+
+def container_record(root: os.PathLike | str, cid: str) -> dict | None:
+    raw = _rd(Path(root) / "containers" / cid / "config.v2.json")
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def never_started(rec: dict) -> bool:
+    """A container record that was created and never started (docker's status "Created")."""
+    st = rec.get("State") or {}
+    return (not st.get("Running") and not rec.get("HasBeenStartedBefore")
+            and str(st.get("StartedAt") or "0001-01-01T00:00:00Z").startswith("0001-01-01"))
+
+
+def cgroup_processes(cids: set[str]) -> dict[str, list[int]]:
+    """Live processes (not zombies) whose cgroup path names one of the containers (dockyard puts a container
+    in ``/dockyard/<id>``)."""
+    out: dict[str, list[int]] = {}
+    if not cids:
+        return out
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cgroup" % d) as f:
+                cg = f.read()
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+        except OSError:
+            continue
+        if st[st.rfind(")") + 2:].split()[:1] == ["Z"]:
+            continue
+        for cid in cids:
+            if "/dockyard/" + cid in cg:
+                out.setdefault(cid, []).append(int(d))
+    return out
+
+
+def runc_state(exec_root: os.PathLike | str) -> list[dict]:
+    """``runc --root <exec-root>/runtime list`` (what the runtime still knows of, whatever dockyard thinks)."""
+    state = Path(exec_root) / "runtime"
+    if not state.is_dir():
+        return []
+    p = subprocess.run(["runc", "--root", str(state), "list", "--format", "json"], capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode == 0, "runc list failed: %s" % p.stderr
+    return json.loads(p.stdout or "null") or []
+
+
+def procs_naming(needle: str) -> list[tuple[int, str]]:
+    """Live processes whose command line mentions ``needle`` (an exec-root: monitors, runc, shims)."""
+    me = os.getpid()
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == me:
+            continue
+        try:
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                argv = f.read().decode("utf-8", "replace").split("\0")
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+        except OSError:
+            continue
+        if st[st.rfind(")") + 2:].split()[:1] == ["Z"]:
+            continue
+        if any(needle in a for a in argv):
+            out.append((int(d), " ".join(argv).strip()))
+    return out
+
+
+def monitor_pid(exec_root: os.PathLike | str, cid: str) -> int | None:
+    """The pid dockyard recorded as the monitor of a container (``<exec-root>/<id>/monitor``)."""
+    raw = _rt(Path(exec_root) / cid / "monitor")
+    try:
+        return int(raw.split()[0]) if raw else None
+    except ValueError:
+        return None
+
+
+def runtime_leftovers(root: os.PathLike | str, exec_root: os.PathLike | str, cids: set[str], *,
+                      running: dict[str, str] | None = None, settle: float = 5.0) -> list[str]:
+    """What must be gone once no container runs: mounts below the data-root (/proc/self/mountinfo), containers
+    runc still knows (``runc --root <exec-root>/runtime list``), bundle dirs in the exec-root, processes naming
+    the exec-root, processes in the cgroup of one of ``cids``. ``running`` = {container id: mount id} of
+    containers that legitimately run: their mount, runtime state, bundle, monitor and processes are fine.
+    Waits up to ``settle`` seconds for things a SIGKILL is still tearing down (process exits are asynchronous)."""
+    running = running or {}
+    root, exec_root = Path(root), Path(exec_root)
+    deadline = time.monotonic() + settle
+    monitors = {monitor_pid(exec_root, c) for c in running}
+    while True:
+        probs = []
+        ok_mounts = [str(root / "overlay2" / mid) for mid in running.values()]
+        m = [x for x in mounts_below(root) if not any(x == o or x.startswith(o + "/") for o in ok_mounts)]
+        if m:
+            probs.append("mounts below the data-root: %s" % m)
+        rs = [(c.get("id"), c.get("status"), c.get("pid")) for c in runc_state(exec_root)
+              if c.get("id") not in running]
+        if rs:
+            probs.append("runc still knows containers: %s" % rs)
+        bundles = [n for n in (os.listdir(exec_root) if exec_root.is_dir() else [])
+                   if HEX64.match(n) and n not in running]
+        if bundles:
+            probs.append("bundle dirs left in the exec-root: %s" % bundles)
+        pr = [p for p in procs_naming(str(exec_root)) if p[0] not in monitors]
+        if pr:
+            probs.append("processes naming the exec-root: %s" % pr)
+        cg = cgroup_processes(cids - set(running))
+        if cg:
+            probs.append("container processes still alive: %s" % cg)
+        if not probs or time.monotonic() > deadline:
+            return probs
+        time.sleep(0.1)
+
+
+def force_cleanup(root: os.PathLike | str, exec_root: os.PathLike | str, cids: set[str]) -> None:
+    """After a failed case: kill what the case started (container processes by the cgroup of ITS containers,
+    monitors naming ITS exec-root), delete its runtime state, unmount below its data-root."""
+    for pids in cgroup_processes(set(cids)).values():
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for pid, _argv in procs_naming(str(exec_root)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    state = Path(exec_root) / "runtime"
+    if state.is_dir():
+        for c in runc_state(exec_root):
+            subprocess.run(["runc", "--root", str(state), "delete", "--force", str(c.get("id"))],
+                           capture_output=True, timeout=30)
+    umount_below(root)

@@ -215,6 +215,8 @@ def test_docker_save_reassembles_layers(state: Any, fixture: str, tmp_path: Path
             assert st.json("repositories") == ds["repositories"]
         fixture_tar = peers.SaveTar(state.fx / "docker-save" / fixture)
         for name, sha in fixture_tar.sha.items():
+            if name == "manifest.json" and len(manifest) > 1:
+                continue  # dockerd orders the images of a save by Go map iteration: compared sorted above
             assert st.sha.get(name) == sha, "member %s differs from the fixture's (same docker save)" % name
 
 

@@ -119,8 +119,8 @@ class VerifyingReader:
         self.drain()
         if self.expected_size is not None and self.count < self.expected_size:
             raise InvalidInput(
-                f"{self.what}: blob ended early: {self.count} of the {self.expected_size} bytes its descriptor "
-                "gives (truncated, or the connection was lost)"
+                f"{self.what}: size mismatch: the descriptor says {self.expected_size} bytes, the blob ended "
+                f"after {self.count} (truncated, or the connection was lost)"
             )
         if self.expected_size is not None and self.count != self.expected_size:
             raise InvalidInput(
