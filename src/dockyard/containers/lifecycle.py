@@ -438,7 +438,8 @@ class Containers:
         mon = os.path.join(bundle, "monitor")
         write_plain(mon, f"{os.getpid()} {_pid_start_time(os.getpid())}".encode(), 0o600)
         log = JsonFileWriter(cfg.get("LogPath") or os.path.join(self.dir(cid), f"{cid}-json.log"))
-        self.runtime.delete(cid)  # leftovers of an earlier, interrupted run
+        if os.path.exists(os.path.join(self.runtime.state_root, cid)):
+            self.runtime.delete(cid)  # leftovers of an earlier, interrupted run
         console_sock = None
         master = -1
         fds: dict[int, str] = {}
@@ -492,10 +493,10 @@ class Containers:
                 fds[out_r] = "stdout"
                 fds[err_r] = "stderr"
             pid = int(read_text(pid_file).strip())
-            self.update_state(
-                cid, Running=True, Pid=pid, StartedAt=now(), ExitCode=0, Error="", FinishedAt=model.ZERO_TIME
-            )
             cfg2 = self.load(cid)
+            cfg2["State"].update(
+                Running=True, Pid=pid, StartedAt=now(), ExitCode=0, Error="", FinishedAt=model.ZERO_TIME
+            )
             cfg2["HasBeenStartedBefore"] = True
             self.save(cid, cfg2)
             start = subprocess.run(self.runtime.cmd("start", cid), capture_output=True)
