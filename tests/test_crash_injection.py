@@ -91,7 +91,8 @@ from registry_servers import DockerRegistry, need
 
 pytestmark = pytest.mark.slow
 
-WORKERS = (os.cpu_count() or 2) + 1    # each pipeline also waits (process exit polls, fsync)
+#: kills run in parallel, each on its own copy; every pipeline also waits (process exits, the registry, runc)
+WORKERS = int(os.environ.get("DOCKYARD_CRASH_WORKERS") or (os.cpu_count() or 2) + 2)
 MIN_TOTAL_KILLS = 200
 KILLS: dict[str, int] = {}          # scenario -> kills that really happened
 KILL_DETAIL: dict[str, int] = {}    # run -d / stop / rm -> kills (they share one scenario)

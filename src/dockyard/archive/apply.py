@@ -158,10 +158,12 @@ class _Applier:
         self.nodes[rel] = node
         self.size += node.size
 
-    def _xattrs_fd(self, fd: int, xattrs: dict[str, bytes], name: bytes) -> None:
+    def _set_xattrs(self, target: int | bytes, xattrs: dict[str, bytes], name: bytes) -> None:
+        """Docker's rule: xattrs the filesystem refuses (ENOTSUP, EPERM) are skipped."""
+        follow = isinstance(target, int)
         for k, v in xattrs.items():
             try:
-                os.setxattr(fd, k, v)
+                os.setxattr(target, k, v, follow_symlinks=follow)
             except OSError as e:
                 if e.errno in (errno.ENOTSUP, errno.EPERM):
                     self.ignored_xattrs += 1
@@ -172,21 +174,12 @@ class _Applier:
                     ) from None
                 raise
 
+    def _xattrs_fd(self, fd: int, xattrs: dict[str, bytes], name: bytes) -> None:
+        self._set_xattrs(fd, xattrs, name)
+
     def _xattrs_at(self, pfd: int, base: bytes, xattrs: dict[str, bytes]) -> None:
         # No lsetxattrat(2): go through the parent's /proc fd link, which cannot be redirected.
-        path = b"/proc/self/fd/%d/%s" % (pfd, base)
-        for k, v in xattrs.items():
-            try:
-                os.setxattr(path, k, v, follow_symlinks=False)
-            except OSError as e:
-                if e.errno in (errno.ENOTSUP, errno.EPERM):
-                    self.ignored_xattrs += 1
-                    continue
-                if e.errno in (errno.ENOSPC, errno.E2BIG, errno.ERANGE):
-                    raise LayerError(
-                        f"entry {_show(base)}: xattr {k} ({len(v)} bytes) does not fit on this filesystem"
-                    ) from None
-                raise
+        self._set_xattrs(b"/proc/self/fd/%d/%s" % (pfd, base), xattrs, base)
 
     def _file_times(self, h: ts.Header) -> tuple[int, int]:
         a = h.atime_ns

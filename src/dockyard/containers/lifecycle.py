@@ -49,6 +49,7 @@ from dockyard.containers.spec import DEFAULT_PATH, build_spec, merge_env, resolv
 from dockyard.digest import is_hex64, random_id
 from dockyard.errors import Conflict, DockyardError, InvalidInput, NotFound
 from dockyard.faults import boundary
+from dockyard.procs import pid_alive, start_time
 from dockyard.store import Store
 from dockyard.store.atomic import atomic_write, fsync_dir, makedirs, read_text, write_plain
 
@@ -94,14 +95,6 @@ class CreateOptions:
 
 def now() -> str:
     return gojson.format_rfc3339nano(time.time_ns())
-
-
-def _pid_start_time(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
 
 
 def parse_bind(spec: str) -> tuple[str, str, bool]:
@@ -197,7 +190,7 @@ class Containers:
     def is_running(self, cfg: dict[str, Any]) -> bool:
         st = cfg.get("State") or {}
         pid = int(st.get("Pid") or 0)
-        return bool(st.get("Running")) and pid > 0 and _alive(pid)
+        return bool(st.get("Running")) and pid > 0 and pid_alive(pid)
 
     # ------------------------------------------------------------------ create
     def create(self, image: str, opts: CreateOptions) -> str:
@@ -328,7 +321,7 @@ class Containers:
         bundle = os.path.join(self.exec_root, cid)
         os.makedirs(bundle, mode=0o711, exist_ok=True)
         write_plain(
-            os.path.join(bundle, "monitor"), f"{os.getpid()} {_pid_start_time(os.getpid())}".encode(), 0o600
+            os.path.join(bundle, "monitor"), f"{os.getpid()} {start_time(os.getpid())}".encode(), 0o600
         )
 
     def prepare_start(self, cid: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -436,7 +429,7 @@ class Containers:
         bundle = os.path.join(self.exec_root, cid)
         pid_file = os.path.join(bundle, "init.pid")
         mon = os.path.join(bundle, "monitor")
-        write_plain(mon, f"{os.getpid()} {_pid_start_time(os.getpid())}".encode(), 0o600)
+        write_plain(mon, f"{os.getpid()} {start_time(os.getpid())}".encode(), 0o600)
         log = JsonFileWriter(cfg.get("LogPath") or os.path.join(self.dir(cid), f"{cid}-json.log"))
         if os.path.exists(os.path.join(self.runtime.state_root, cid)):
             self.runtime.delete(cid)  # leftovers of an earlier, interrupted run
@@ -618,7 +611,7 @@ class Containers:
                         if wp == pid and status is None:
                             status = st
                 except ChildProcessError:
-                    if status is None and not _alive(pid):
+                    if status is None and not pid_alive(pid):
                         status = 255 << 8  # gone without a status we could read
                 if status is not None and not open_fds:
                     break
@@ -682,7 +675,7 @@ class Containers:
             pid = int(pid_s)
         except (OSError, ValueError):
             return False
-        return _alive(pid) and _pid_start_time(pid) == start
+        return pid_alive(pid) and start_time(pid) == start
 
     def reap(self) -> list[str]:
         """Clean up after monitors that died: kill what they watched, unmount, record the end."""
@@ -709,7 +702,7 @@ class Containers:
                 if self.monitor_alive(cid):
                     continue
             pid = int(st.get("Pid") or 0)
-            if pid and _alive(pid):
+            if pid and pid_alive(pid):
                 _kill_quiet(pid, signal.SIGKILL)
             self.runtime.kill(cid, "KILL", all_=True)
             self.runtime.delete(cid)
@@ -827,20 +820,6 @@ def _merge_config(opts: CreateOptions, image: dict[str, Any]) -> dict[str, Any]:
     if image.get("Shell"):
         c["Shell"] = image["Shell"]
     return c
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _kill_quiet(pid: int, sig: int) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from dockyard import __version__, gojson
@@ -325,22 +326,29 @@ def diff(mgr: Containers, cid: str) -> list[Change]:
                     drv.put(layer)
 
 
-def export(mgr: Containers, cid: str, write: Callable[[bytes | memoryview], Any]) -> None:
-    """docker export: the merged filesystem as one tar (mounted read-only view if stopped)."""
-    from dockyard.archive.export import write_dir_tar
-
-    mgr.reap()
+@contextmanager
+def _rootfs(mgr: Containers, cid: str) -> Iterator[str]:
+    """The container's mounted rootfs; unmounted afterwards if it was not mounted before."""
     mid = mgr.mount_id(cid)
     drv = mgr.store.driver
     was_mounted = drv.mounted(mid)
     with mgr.store.write_lock():
         root = drv.get(mid)
     try:
-        write_dir_tar(root, write)
+        yield root
     finally:
         if not was_mounted and not mgr.is_running(mgr.load(cid)):
             with mgr.store.write_lock():
                 drv.put(mid)
+
+
+def export(mgr: Containers, cid: str, write: Callable[[bytes | memoryview], Any]) -> None:
+    """docker export: the merged filesystem as one tar (mounted read-only view if stopped)."""
+    from dockyard.archive.export import write_dir_tar
+
+    mgr.reap()
+    with _rootfs(mgr, cid) as root:
+        write_dir_tar(root, write)
 
 
 def commit(
@@ -468,12 +476,7 @@ def copy_from(mgr: Containers, cid: str, src: str, write: Callable[[bytes | memo
     """Tar of ``src`` (a path in the container) -- what ``docker cp CONTAINER:SRC -`` streams."""
     from dockyard.archive.export import write_dir_tar
 
-    mid = mgr.mount_id(cid)
-    drv = mgr.store.driver
-    was_mounted = drv.mounted(mid)
-    with mgr.store.write_lock():
-        root = drv.get(mid)
-    try:
+    with _rootfs(mgr, cid) as root:
         rel = os.path.normpath("/" + src).lstrip("/")
         with RootDir(root) as rd:
             parent, _, _base = rel.rpartition("/")
@@ -493,10 +496,6 @@ def copy_from(mgr: Containers, cid: str, src: str, write: Callable[[bytes | memo
             write_dir_tar(tw_root, write, skip=skip)
         else:
             write_dir_tar(tw_root, write, skip=lambda n: n != name)
-    finally:
-        if not was_mounted and not mgr.is_running(mgr.load(cid)):
-            with mgr.store.write_lock():
-                drv.put(mid)
 
 
 def copy_to(mgr: Containers, cid: str, host_src: str, dest: str) -> None:
@@ -508,14 +507,9 @@ def copy_to(mgr: Containers, cid: str, host_src: str, dest: str) -> None:
     import shutil
     import stat as _stat
 
-    mid = mgr.mount_id(cid)
-    drv = mgr.store.driver
-    was_mounted = drv.mounted(mid)
     if not os.path.exists(host_src):
         raise NotFound(f"no such file or directory: {host_src}")
-    with mgr.store.write_lock():
-        root = drv.get(mid)
-    try:
+    with _rootfs(mgr, cid) as root:
         dest_rel = os.path.normpath("/" + dest).lstrip("/")
         with RootDir(root) as rd:
             try:
@@ -569,10 +563,6 @@ def copy_to(mgr: Containers, cid: str, host_src: str, dest: str) -> None:
                             dirnames.remove(dn)
             else:
                 put_file(host_src, target)
-    finally:
-        if not was_mounted and not mgr.is_running(mgr.load(cid)):
-            with mgr.store.write_lock():
-                drv.put(mid)
 
 
 __all__ = ["DockyardError", "InvalidInput", "remove", "run", "start", "wait"]

@@ -191,16 +191,7 @@ class Checker:
                     os.path.join(lay.layerdb_sha256, hexid, "parent"),
                     f"parent layer {parent} does not exist",
                 )
-        # propagate: a layer whose parent is unusable is unusable
-        changed = True
-        while changed:
-            changed = False
-            for hexid, info in self.layers.items():
-                cid = f"sha256:{hexid}"
-                parent = info.get("parent")
-                if cid not in self.bad_layers and parent and parent in self.bad_layers:
-                    self.bad_layers[cid] = f"it sits on damaged layer {parent}"
-                    changed = True
+        self._propagate()  # a layer whose parent is unusable is unusable
 
     def _bad(self, chain: str, why: str) -> None:
         self.bad_layers.setdefault(chain, why)

@@ -38,17 +38,21 @@ def _nospace(e: OSError, path: str) -> Exception:
     return e
 
 
+def _create_synced(path: str, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str, data: bytes, mode: int = 0o644, *, sync_dir: bool = True) -> None:
     d, base = os.path.split(path)
     tmp = os.path.join(d, f".tmp-{base}{secrets.token_hex(5)}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-            os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
+        _create_synced(tmp, data, mode)
         boundary(f"atomic_write:staged:{base}")
         os.rename(tmp, path)
     except OSError as e:
@@ -66,13 +70,7 @@ def write_synced(path: str, data: bytes, mode: int = 0o644) -> None:
     """Create ``path`` (which must not exist) with ``data``, fsync'd."""
     boundary(f"write_synced:{os.path.basename(path)}")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-            os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
+        _create_synced(path, data, mode)
     except OSError as e:
         raise _nospace(e, path) from None
 

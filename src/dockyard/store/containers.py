@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dockyard.digest import is_hex64
+from dockyard.procs import pid_alive
 from dockyard.store.layout import Layout
 
 
@@ -40,7 +41,7 @@ class ContainerStore:
         if not isinstance(cfg, dict):
             return None
         state = cfg.get("State") or {}
-        running = bool(state.get("Running")) and _pid_alive(int(state.get("Pid") or 0))
+        running = bool(state.get("Running")) and pid_alive(int(state.get("Pid") or 0))
         return ContainerRecord(
             id=container_id,
             name=str(cfg.get("Name") or ""),
@@ -56,15 +57,3 @@ class ContainerStore:
             if c is not None:
                 out.append(c)
         return out
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

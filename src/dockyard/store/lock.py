@@ -16,17 +16,8 @@ import sys
 from types import TracebackType
 
 from dockyard.errors import StoreBusy
+from dockyard.procs import pid_alive
 from dockyard.store.layout import Layout
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def dockerd_running(layout: Layout) -> str | None:
@@ -49,7 +40,7 @@ def dockerd_running(layout: Layout) -> str | None:
         try:
             with open("/var/run/docker.pid") as f:
                 pid = int(f.read().strip() or "0")
-            if pid and _pid_alive(pid):
+            if pid and pid_alive(pid):
                 return f"dockerd (pid {pid}) is running on /var/lib/docker"
         except (OSError, ValueError):
             pass
