@@ -12,7 +12,12 @@ Everything here drives the real CLI in subprocesses (``python -m dockyard --data
   (links, lower files of layers AND containers, layerdb files, chainIDs, references, leftovers);
 - data-root templates (one loaded by dockyard, the Docker-written fixture) built once per session and copied
   with ``cp -a`` for each case;
-- per-image file sets (``image_paths``) to prove "the files of an intact image did not change".
+- per-image file sets (``image_paths``) to prove "the files of an intact image did not change";
+- ``prefix_save``: a docker-save tar of a new image made of the bottom layers of a fixture image (a store that
+  already holds part of a chain);
+- container leftovers: ``container_ids_in`` (every trace of a container in a data-root), ``runtime_leftovers``
+  (mounts below the data-root, ``runc --root <exec-root>/runtime list``, bundles, processes naming the exec-root or
+  in a container's cgroup), ``force_cleanup`` (kills only what a test's own containers and exec-root hold).
 """
 from __future__ import annotations
 
@@ -704,12 +709,19 @@ def cgroup_processes(cids: set[str]) -> dict[str, list[int]]:
     return out
 
 
+def _runc() -> str:
+    for cand in (shutil.which("runc"), "/usr/sbin/runc", "/usr/local/sbin/runc", "/sbin/runc"):
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    raise AssertionError("runc is not installed")
+
+
 def runc_state(exec_root: os.PathLike | str) -> list[dict]:
     """``runc --root <exec-root>/runtime list`` (what the runtime still knows of, whatever dockyard thinks)."""
     state = Path(exec_root) / "runtime"
     if not state.is_dir():
         return []
-    p = subprocess.run(["runc", "--root", str(state), "list", "--format", "json"], capture_output=True, text=True,
+    p = subprocess.run([_runc(), "--root", str(state), "list", "--format", "json"], capture_output=True, text=True,
                        timeout=30)
     assert p.returncode == 0, "runc list failed: %s" % p.stderr
     return json.loads(p.stdout or "null") or []
@@ -798,6 +810,6 @@ def force_cleanup(root: os.PathLike | str, exec_root: os.PathLike | str, cids: s
     state = Path(exec_root) / "runtime"
     if state.is_dir():
         for c in runc_state(exec_root):
-            subprocess.run(["runc", "--root", str(state), "delete", "--force", str(c.get("id"))],
+            subprocess.run([_runc(), "--root", str(state), "delete", "--force", str(c.get("id"))],
                            capture_output=True, timeout=30)
     umount_below(root)

@@ -235,8 +235,13 @@ class Containers:
                 name = "/" + opts.name.lstrip("/")
             else:
                 name = "/" + random_name(taken)
+            # the image may have gone while we prepared: look again under the lock
+            if not st.images.exists(image_id):
+                raise NotFound(f"No such image: {image}")
             mount_id = random_id()
             top = img.top_chain
+            if top and not st.layers.exists(top):
+                raise NotFound(f"No such image: {image}")
             parent_cache = st.layers.get(top).cache_id if top else None
             self._create_layers(mount_id, parent_cache)
             self._write_mount_record(cid, mount_id, top)
@@ -320,9 +325,7 @@ class Containers:
         container alone while the pid in its monitor file lives."""
         bundle = os.path.join(self.exec_root, cid)
         os.makedirs(bundle, mode=0o711, exist_ok=True)
-        write_plain(
-            os.path.join(bundle, "monitor"), f"{os.getpid()} {start_time(os.getpid())}".encode(), 0o600
-        )
+        _replace(os.path.join(bundle, "monitor"), f"{os.getpid()} {start_time(os.getpid())}".encode())
 
     def prepare_start(self, cid: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """Mount the rootfs, write hostname/hosts/resolv.conf, write the OCI bundle."""
@@ -429,7 +432,7 @@ class Containers:
         bundle = os.path.join(self.exec_root, cid)
         pid_file = os.path.join(bundle, "init.pid")
         mon = os.path.join(bundle, "monitor")
-        write_plain(mon, f"{os.getpid()} {start_time(os.getpid())}".encode(), 0o600)
+        _replace(mon, f"{os.getpid()} {start_time(os.getpid())}".encode())
         log = JsonFileWriter(cfg.get("LogPath") or os.path.join(self.dir(cid), f"{cid}-json.log"))
         if os.path.exists(os.path.join(self.runtime.state_root, cid)):
             self.runtime.delete(cid)  # leftovers of an earlier, interrupted run
@@ -733,15 +736,43 @@ class Containers:
             names = os.listdir(self.exec_root)
         except FileNotFoundError:
             names = []
-        for name in names:
-            if is_hex64(name) and not self.monitor_alive(name):
-                try:
-                    gone = not os.path.isdir(self.dir(name)) or not self.load(name)["State"].get("Running")
-                except DockyardError:
-                    gone = True
-                if gone:
-                    self.runtime.delete(name)
-                    shutil.rmtree(os.path.join(self.exec_root, name), ignore_errors=True)
+        stale = [n for n in names if is_hex64(n) and not self.monitor_alive(n)]
+        if stale:
+            with self.store.write_lock():  # starts claim their bundle under this lock
+                for name in stale:
+                    if self.monitor_alive(name):
+                        continue
+                    try:
+                        gone = not os.path.isdir(self.dir(name)) or not self.load(name)["State"].get(
+                            "Running"
+                        )
+                    except DockyardError:
+                        gone = True
+                    if gone:
+                        self.runtime.delete(name)
+                        shutil.rmtree(os.path.join(self.exec_root, name), ignore_errors=True)
+        # --rm containers that ended while nobody was left to remove them (docker removes them on restart)
+        for cid in self.ids():
+            try:
+                cfg = self.load(cid)
+            except DockyardError:
+                continue
+            if (
+                cfg.get("HasBeenStartedBefore")
+                and not cfg["State"].get("Running")
+                and self.hostconfig(cid).get("AutoRemove")
+                and not self.monitor_alive(cid)
+            ):
+                from dockyard.ops.housekeeping import remove_container
+
+                with self.store.write_lock():
+                    if os.path.isdir(self.dir(cid)) and not self.monitor_alive(cid):
+                        try:
+                            self.store.driver.put(self.mount_id(cid))
+                        except (DockyardError, OSError):
+                            pass
+                        remove_container(self.store, cid, force=True)
+                        reaped.append(cid)
         return reaped
 
     # ------------------------------------------------------------------ signals
@@ -844,6 +875,13 @@ def _signal_number(name: str) -> int:
 def _set_subreaper() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _replace(path: str, data: bytes) -> None:
+    """Replace a small runtime file by rename, so a reader never sees it empty."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    write_plain(tmp, data, 0o600)
+    os.rename(tmp, path)
 
 
 def _write_file(path: str, data: bytes, mode: int) -> None:

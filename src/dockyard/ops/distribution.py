@@ -95,6 +95,16 @@ def pull(
             for blob in image.layers:
                 if blob.digest:
                     dist.add(blob.diff_id, blob.digest, ref.name)
+        else:
+            # Docker records nothing for an image it has; but a pull that died after publishing the
+            # config left its layers unrecorded: fill in only what is missing.
+            dist = DistributionStore(store.layout)
+            for blob in image.layers:
+                if blob.digest and (
+                    dist.diff_id_for(blob.digest) != blob.diff_id
+                    or blob.digest not in dist.digests_for(blob.diff_id)
+                ):
+                    dist.add(blob.diff_id, blob.digest, ref.name)
         repos = store.refs.load()
         if ref.tag is not None:
             store.refs.add(ref, image.id, repos=repos)

@@ -143,6 +143,7 @@ class Checker:
         self.check_containers()
         self.check_images()
         self.check_references()
+        self.check_distribution()
         self.recover_layer_files()
         self.check_orphans()
         if self.deep:
@@ -714,6 +715,22 @@ class Checker:
                         )
 
     # ------------------------------------------------------------------ references
+    def check_distribution(self) -> None:
+        """Interrupted atomic writes leave ``.tmp-*`` files in ``distribution/``."""
+        root = self.store.layout.distribution
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    p = os.path.join(dirpath, name)
+                    self.f(
+                        WARNING,
+                        "tmp-leftover",
+                        p,
+                        "leftover of an interrupted write",
+                        "remove it",
+                        lambda p=p: os.unlink(p),
+                    )
+
     def check_references(self) -> None:
         lay = self.store.layout
         for name in _listdir(lay.image_root):
