@@ -12,6 +12,7 @@
 
 Everything listens on loopback only and is stopped by the tests' fixtures.
 """
+
 from __future__ import annotations
 
 import base64
@@ -41,10 +42,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pytest
+# The skip/fail rule for missing peers lives in peers.py; one definition for every test module.
+from peers import _missing as missing
+from peers import need
 
-REQUIRE_PEERS = os.environ.get("DOCKYARD_REQUIRE_PEERS") == "1"
-FIXTURES = Path(os.environ.get("DOCKYARD_FIXTURES") or (Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+FIXTURES = Path(
+    os.environ.get("DOCKYARD_FIXTURES") or (Path(__file__).resolve().parents[2] / "shared" / "fixtures")
+)
 REGISTRY_CONFIG_TEMPLATE = FIXTURES / "registry" / "config.yml"
 _FALLBACK_CONFIG = """version: 0.1
 log:
@@ -64,25 +68,6 @@ http:
 
 
 # ------------------------------------------------------------------------------------------- peers
-def missing(what: str) -> None:
-    """Skip (or fail with DOCKYARD_REQUIRE_PEERS=1)."""
-    if REQUIRE_PEERS:
-        pytest.fail("%s (DOCKYARD_REQUIRE_PEERS=1)" % what, pytrace=False)
-    pytest.skip(what)
-
-
-def need(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        for d in ("/usr/sbin", "/sbin", "/usr/local/sbin"):
-            cand = os.path.join(d, binary)
-            if os.access(cand, os.X_OK):
-                path = cand
-                break
-    if path is None:
-        missing("peer %r is not installed" % binary)
-    assert path is not None
-    return path
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -157,20 +142,65 @@ class CertSet:
 
 def make_certs(d: Path) -> CertSet:
     d.mkdir(parents=True, exist_ok=True)
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-            "-subj", "/CN=dockyard test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=dockyard test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=d,
+    )
     for name, cn, ext in (
         ("server", "127.0.0.1", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"),
         ("client", "dockyard-client", "extendedKeyUsage=clientAuth\n"),
     ):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", name + ".key", "-out", name + ".csr",
-                "-subj", "/CN=" + cn, cwd=d)
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            name + ".key",
+            "-out",
+            name + ".csr",
+            "-subj",
+            "/CN=" + cn,
+            cwd=d,
+        )
         (d / (name + ".ext")).write_text("basicConstraints=CA:FALSE\n" + ext)
-        openssl("x509", "-req", "-in", name + ".csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", name + ".crt", "-days", "2", "-extfile", name + ".ext", cwd=d)
-    return CertSet(d, d / "ca.crt", d / "ca.key", d / "server.crt", d / "server.key", d / "client.crt",
-                   d / "client.key")
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            name + ".csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            name + ".crt",
+            "-days",
+            "2",
+            "-extfile",
+            name + ".ext",
+            cwd=d,
+        )
+    return CertSet(
+        d, d / "ca.crt", d / "ca.key", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key"
+    )
 
 
 def b64url(data: bytes) -> str:
@@ -195,9 +225,15 @@ class Request:
         v = self.query.get(name)
         return v[0] if v else None
 
-    def respond(self, status: int, body: bytes | str | dict[str, Any] | None = None,
-                headers: dict[str, str] | None = None, *, content_length: int | None = None,
-                content_type: str | None = None) -> None:
+    def respond(
+        self,
+        status: int,
+        body: bytes | str | dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        *,
+        content_length: int | None = None,
+        content_type: str | None = None,
+    ) -> None:
         if isinstance(body, dict):
             body = json.dumps(body).encode()
             content_type = content_type or "application/json"
@@ -218,8 +254,9 @@ class Request:
         h.wfile.flush()
         self.answered = True
 
-    def error(self, status: int, code: str, message: str, detail: Any = None,
-              headers: dict[str, str] | None = None) -> None:
+    def error(
+        self, status: int, code: str, message: str, detail: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
         self.respond(status, {"errors": [{"code": code, "message": message, "detail": detail}]}, headers)
 
     def raw(self, data: bytes) -> None:
@@ -295,7 +332,9 @@ class _Server(ThreadingHTTPServer):
 class FakeServer:
     """``app`` served over HTTP/1.1 (TLS with ``ssl_context``) on ``host``:free port, in a thread."""
 
-    def __init__(self, app: App, *, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, app: App, *, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.app = app
         self.host = host
         self.ssl_context = ssl_context
@@ -386,18 +425,29 @@ class FakeRegistry:
     server: FakeServer | None = None
 
     # ---- knobs
-    def fail(self, method: str, path_re: str, status: int, times: int = 1, headers: dict[str, str] | None = None,
-             body: Any = None) -> Fault:
+    def fail(
+        self,
+        method: str,
+        path_re: str,
+        status: int,
+        times: int = 1,
+        headers: dict[str, str] | None = None,
+        body: Any = None,
+    ) -> Fault:
         def act(req: Request) -> None:
-            req.respond(status, body if body is not None else {"errors": [{"code": "UNAVAILABLE",
-                                                                             "message": "try again"}]},
-                        headers)
+            req.respond(
+                status,
+                body if body is not None else {"errors": [{"code": "UNAVAILABLE", "message": "try again"}]},
+                headers,
+            )
 
         f = Fault(method, path_re, act, times)
         self.faults.append(f)
         return f
 
-    def add_fault(self, method: str, path_re: str, action: Callable[[Request], None], times: int = 1) -> Fault:
+    def add_fault(
+        self, method: str, path_re: str, action: Callable[[Request], None], times: int = 1
+    ) -> Fault:
         f = Fault(method, path_re, action, times)
         self.faults.append(f)
         return f
@@ -417,7 +467,11 @@ class FakeRegistry:
     # ---- the app
     def __call__(self, req: Request) -> None:
         for f in self.faults:
-            if (f.times < 0 or f.hits < f.times) and f.method in (req.method, "*") and re.search(f.path_re, req.path):
+            if (
+                (f.times < 0 or f.hits < f.times)
+                and f.method in (req.method, "*")
+                and re.search(f.path_re, req.path)
+            ):
                 f.hits += 1
                 f.action(req)
                 return
@@ -453,8 +507,12 @@ class FakeRegistry:
                 user, _, pw = base64.b64decode(authz[6:]).decode().partition(":")
                 if self.users.get(user) == pw:
                     return True
-            req.error(401, "UNAUTHORIZED", "authentication required",
-                      headers={"WWW-Authenticate": 'Basic realm="fake registry"'})
+            req.error(
+                401,
+                "UNAUTHORIZED",
+                "authentication required",
+                headers={"WWW-Authenticate": 'Basic realm="fake registry"'},
+            )
             return False
         assert self.auth == "bearer" and self.token_server is not None
         ts = self.token_server
@@ -464,9 +522,15 @@ class FakeRegistry:
             if granted is not None and granted[1] > time.time():
                 if need is None or _scope_ok(granted[0], need):
                     return True
-                req.error(401, "UNAUTHORIZED", "authentication required", headers={
-                    "WWW-Authenticate": 'Bearer realm="%s/token",service="fake",scope="%s",error="insufficient_scope"'
-                                        % (ts.server.url if ts.server else "", need)})
+                req.error(
+                    401,
+                    "UNAUTHORIZED",
+                    "authentication required",
+                    headers={
+                        "WWW-Authenticate": 'Bearer realm="%s/token",service="fake",scope="%s",error="insufficient_scope"'
+                        % (ts.server.url if ts.server else "", need)
+                    },
+                )
                 return False
         challenge = 'Bearer realm="%s/token",service="fake"' % (ts.server.url if ts.server else "")
         if need:
@@ -519,13 +583,21 @@ class FakeRegistry:
             mount, frm = req.q("mount"), req.q("from")
             if mount and frm and mount in self.repo_blobs.get(frm, set()):
                 self.repo_blobs.setdefault(repo, set()).add(mount)
-                req.respond(201, b"", {"Docker-Content-Digest": mount,
-                                       "Location": "/v2/%s/blobs/%s" % (repo, mount)})
+                req.respond(
+                    201, b"", {"Docker-Content-Digest": mount, "Location": "/v2/%s/blobs/%s" % (repo, mount)}
+                )
                 return
             uid = secrets.token_hex(8)
             self.uploads[uid] = bytearray()
-            req.respond(202, b"", {"Location": self._loc("/v2/%s/blobs/uploads/%s?_state=s%s" % (repo, uid, uid)),
-                                   "Docker-Upload-UUID": uid, "Range": "0-0"})
+            req.respond(
+                202,
+                b"",
+                {
+                    "Location": self._loc("/v2/%s/blobs/uploads/%s?_state=s%s" % (repo, uid, uid)),
+                    "Docker-Upload-UUID": uid,
+                    "Range": "0-0",
+                },
+            )
             return
         buf = self.uploads.get(uid)
         if buf is None:
@@ -540,13 +612,21 @@ class FakeRegistry:
                     req.error(416, "BLOB_UPLOAD_INVALID", "wrong offset")
                     return
             buf += req.body
-            req.respond(202, b"", {"Location": self._loc("/v2/%s/blobs/uploads/%s?_state=s%s%d" % (repo, uid, uid,
-                                                                                                 len(buf))),
-                                   "Range": "0-%d" % (len(buf) - 1)})
+            req.respond(
+                202,
+                b"",
+                {
+                    "Location": self._loc(
+                        "/v2/%s/blobs/uploads/%s?_state=s%s%d" % (repo, uid, uid, len(buf))
+                    ),
+                    "Range": "0-%d" % (len(buf) - 1),
+                },
+            )
         elif req.method == "GET":
             # distribution answers "0-0" for an empty upload too
-            req.respond(204, b"", {"Location": loc, "Docker-Upload-UUID": uid,
-                                   "Range": "0-%d" % max(len(buf) - 1, 0)})
+            req.respond(
+                204, b"", {"Location": loc, "Docker-Upload-UUID": uid, "Range": "0-%d" % max(len(buf) - 1, 0)}
+            )
         elif req.method == "DELETE":
             del self.uploads[uid]
             req.respond(204)
@@ -559,7 +639,9 @@ class FakeRegistry:
             del self.uploads[uid]
             self.blobs[digest] = bytes(buf)
             self.repo_blobs.setdefault(repo, set()).add(digest)
-            req.respond(201, b"", {"Docker-Content-Digest": digest, "Location": "/v2/%s/blobs/%s" % (repo, digest)})
+            req.respond(
+                201, b"", {"Docker-Content-Digest": digest, "Location": "/v2/%s/blobs/%s" % (repo, digest)}
+            )
         else:
             req.error(405, "UNSUPPORTED", "method not allowed")
 
@@ -573,8 +655,14 @@ def _scope_ok(granted: list[str], need: str) -> bool:
     return False
 
 
-def serve_bytes(req: Request, data: bytes, *, ignore_range: bool = False, extra: dict[str, str] | None = None,
-                truncate_at: int | None = None) -> None:
+def serve_bytes(
+    req: Request,
+    data: bytes,
+    *,
+    ignore_range: bool = False,
+    extra: dict[str, str] | None = None,
+    truncate_at: int | None = None,
+) -> None:
     """Answer with ``data`` (206 for ``Range: bytes=N-`` unless ``ignore_range``); ``truncate_at`` sends the
     full Content-Length but only that many bytes, then drops the connection."""
     headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes", **(extra or {})}
@@ -659,8 +747,22 @@ class JWTTokenServer:
         self.users = users
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "token.key", "-out", "token.crt",
-                "-days", "2", "-subj", "/CN=dockyard token signer", cwd=workdir)
+        openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "token.key",
+            "-out",
+            "token.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=dockyard token signer",
+            cwd=workdir,
+        )
         self.key = workdir / "token.key"
         self.cert = workdir / "token.crt"
         pem = self.cert.read_text()
@@ -680,8 +782,12 @@ class JWTTokenServer:
         header = {"typ": "JWT", "alg": "RS256", "x5c": [self.x5c]}
         signing_input = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode())
         exe = need("openssl")
-        p = subprocess.run([exe, "dgst", "-sha256", "-sign", str(self.key)], input=signing_input.encode(),
-                           capture_output=True, check=True)
+        p = subprocess.run(
+            [exe, "dgst", "-sha256", "-sign", str(self.key)],
+            input=signing_input.encode(),
+            capture_output=True,
+            check=True,
+        )
         return signing_input + "." + b64url(p.stdout)
 
     def _issue(self, user: str | None, scopes: list[str], service: str) -> dict[str, Any]:
@@ -696,11 +802,23 @@ class JWTTokenServer:
             if actions:
                 access.append({"type": typ, "name": name, "actions": actions})
         now = int(time.time())
-        claims = {"iss": self.issuer, "sub": user or "", "aud": service, "exp": now + 300, "nbf": now - 10,
-                  "iat": now, "jti": secrets.token_hex(8), "access": access}
+        claims = {
+            "iss": self.issuer,
+            "sub": user or "",
+            "aud": service,
+            "exp": now + 300,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": secrets.token_hex(8),
+            "access": access,
+        }
         tok = self._sign(claims)
-        return {"token": tok, "access_token": tok, "expires_in": 300,
-                "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
+        return {
+            "token": tok,
+            "access_token": tok,
+            "expires_in": 300,
+            "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        }
 
     def __call__(self, req: Request) -> None:
         if req.path != "/token":
@@ -734,8 +852,15 @@ class JWTTokenServer:
             user = u
         scopes = req.query.get("scope", [])
         with self._lock:
-            self.calls.append({"method": "GET", "user": user, "scopes": scopes,
-                               "service": req.q("service"), "offline": req.q("offline_token")})
+            self.calls.append(
+                {
+                    "method": "GET",
+                    "user": user,
+                    "scopes": scopes,
+                    "service": req.q("service"),
+                    "offline": req.q("offline_token"),
+                }
+            )
         out = self._issue(user, scopes, req.q("service") or self.service)
         if user is not None and req.q("offline_token") == "true":
             rt = "rt-" + secrets.token_hex(8)
@@ -748,8 +873,14 @@ class JWTTokenServer:
 class DockerRegistry:
     """A real ``docker-registry`` on a free 127.0.0.1 port, temp storage; optional htpasswd or token auth."""
 
-    def __init__(self, base: Path, *, htpasswd: Path | None = None, token: JWTTokenServer | None = None,
-                 tls: CertSet | None = None) -> None:
+    def __init__(
+        self,
+        base: Path,
+        *,
+        htpasswd: Path | None = None,
+        token: JWTTokenServer | None = None,
+        tls: CertSet | None = None,
+    ) -> None:
         self.exe = need("docker-registry")
         self.base = base
         self.htpasswd = htpasswd
@@ -767,8 +898,10 @@ class DockerRegistry:
         if self.htpasswd is not None:
             text += "auth:\n  htpasswd:\n    realm: dockyard-test\n    path: %s\n" % self.htpasswd
         elif self.token is not None:
-            text += ("auth:\n  token:\n    realm: %s\n    service: %s\n    issuer: %s\n    rootcertbundle: %s\n"
-                     % (self.token.realm, self.token.service, self.token.issuer, self.token.cert))
+            text += (
+                "auth:\n  token:\n    realm: %s\n    service: %s\n    issuer: %s\n    rootcertbundle: %s\n"
+                % (self.token.realm, self.token.service, self.token.issuer, self.token.cert)
+            )
         return text
 
     def start(self) -> DockerRegistry:
@@ -787,8 +920,14 @@ class DockerRegistry:
                 env["REGISTRY_HTTP_TLS_CERTIFICATE"] = str(self.tls.server_crt)
                 env["REGISTRY_HTTP_TLS_KEY"] = str(self.tls.server_key)
             with open(self.base / "registry.log", "ab") as log:
-                self.proc = subprocess.Popen([self.exe, "serve", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                self.proc = subprocess.Popen(
+                    [self.exe, "serve", str(cfg)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
+                )
             ctx = ssl._create_unverified_context() if self.tls else None
             scheme = "https" if self.tls else "http"
             for _ in range(200):
@@ -853,20 +992,35 @@ def make_test_image(text: str = "hello from dockyard\n", size: int = 0) -> TestI
             t.addfile(ti, io.BytesIO(data))
     tar = tar_buf.getvalue()
     layer = gzip.compress(tar, mtime=0)
-    config = json.dumps({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/bin/sh"]},
-        "rootfs": {"type": "layers", "diff_ids": [sha256(tar)]},
-        "history": [{"created_by": "dockyard test"}],
-    }, separators=(",", ":")).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(config),
-                   "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(layer),
-                    "size": len(layer)}],
-    }, separators=(",", ":")).encode()
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": ["/bin/sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [sha256(tar)]},
+            "history": [{"created_by": "dockyard test"}],
+        },
+        separators=(",", ":"),
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": sha256(config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": sha256(layer),
+                    "size": len(layer),
+                }
+            ],
+        },
+        separators=(",", ":"),
+    ).encode()
     return TestImage(layer, sha256(layer), sha256(tar), config, sha256(config), manifest, sha256(manifest))
 
 
@@ -875,7 +1029,8 @@ def write_credential_helper(bindir: Path, name: str, store_file: Path) -> Path:
     every call is appended to ``<store_file>.log`` as ``action<TAB>stdin``."""
     bindir.mkdir(parents=True, exist_ok=True)
     script = bindir / ("docker-credential-" + name)
-    script.write_text('''#!%s
+    script.write_text(
+        """#!%s
 import json, sys
 path = %r
 action = sys.argv[1]
@@ -910,7 +1065,9 @@ elif action == "list":
 else:
     print("unknown action")
     sys.exit(1)
-''' % (os.path.realpath(sys.executable), str(store_file)))
+"""
+        % (os.path.realpath(sys.executable), str(store_file))
+    )
     script.chmod(0o755)
     return script
 
