@@ -20,6 +20,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -130,16 +131,31 @@ def tree_rss_kb(root_pid: int) -> int:
 
 
 def timed(cmd: str) -> tuple[float, int]:
+    """Wall time and peak tree RSS (KB) of one command.
+
+    A waiter thread takes the end time the moment the command is reaped, so the 20 ms RSS
+    sampling does not round short commands (create takes tens of milliseconds) up to its period;
+    commands that end between two samples get their peak from wait4's ru_maxrss."""
+    sys.setswitchinterval(0.0005)  # the waiter gets the GIL back quickly from the sampler
     t0 = time.monotonic()
     p = subprocess.Popen(["bash", "-c", cmd])
+    end: list[Any] = []
+
+    def waiter() -> None:
+        _, status, usage = os.wait4(p.pid, 0)
+        end.append((time.monotonic(), status, usage.ru_maxrss))
+
+    th = threading.Thread(target=waiter)
+    th.start()
     peak = 0
-    while p.poll() is None:
+    while th.is_alive():
         peak = max(peak, tree_rss_kb(p.pid))
-        time.sleep(0.02)
-    dt = time.monotonic() - t0
+        th.join(0.02)
+    t1, status, maxrss = end[0]
+    p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
         raise SystemExit(f"command failed ({p.returncode}): {cmd}")
-    return dt, peak
+    return t1 - t0, max(peak, maxrss)
 
 
 def compile_bytecode() -> None:
@@ -187,15 +203,15 @@ def main() -> None:
             rss[(case, peer)] = max(rss.get((case, peer), 0), peak)
             if spec.get("post"):
                 sh(spec["post"])
-            print(f"round {r + 1}: {case:6} {peer:9} {dt:7.2f} s  peak tree RSS {peak / 1024:6.1f} MB", flush=True)
+            print(f"round {r + 1}: {case:6} {peer:9} {dt:7.3f} s  peak tree RSS {peak / 1024:6.1f} MB", flush=True)
     print()
     print(f"{'case':8}{'docker s (median, min-max)':30}{'dockyard s (median, min-max)':32}{'ratio':>7}  dockyard peak RSS")
     for case in a.cases:
         d = results[(case, "docker")]
         y = results[(case, "dockyard")]
         ratio = statistics.median(y) / statistics.median(d)
-        print(f"{case:8}{statistics.median(d):6.2f} ({min(d):.2f}-{max(d):.2f}){'':12}"
-              f"{statistics.median(y):6.2f} ({min(y):.2f}-{max(y):.2f}){'':14}{ratio:7.2f}  "
+        print(f"{case:8}{statistics.median(d):7.3f} ({min(d):.3f}-{max(d):.3f}){'':8}"
+              f"{statistics.median(y):7.3f} ({min(y):.3f}-{max(y):.3f}){'':10}{ratio:7.2f}  "
               f"{rss[(case, 'dockyard')] / 1024:.0f} MB")
 
 

@@ -653,3 +653,51 @@ def test_math_helpers_match_oracle():
             for api, cli in zip(im["history_api"], im["history_cli"], strict=True):
                 assert human_size(api["Size"]) == cli["Size"]
                 assert math.isclose(parse_go_time(cli["CreatedAt"]), api["Created"])
+
+
+# ------------------------------------------------------------------------------------------------ lazy commands
+def _python(code: str) -> str:
+    r = subprocess.run(["python", "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_command_table_matches_the_modules():
+    """main.COMMAND_MODULES names, for each command, the module that registers it, and nothing else."""
+    out = _python(
+        "import importlib, json\n"
+        "from dockyard.cli import main\n"
+        "got = {}\n"
+        "for m in sorted(set(main.COMMAND_MODULES.values())):\n"
+        "    before = set(main.cli.commands)\n"
+        "    importlib.import_module('dockyard.cli.' + m)\n"
+        "    got.update(dict.fromkeys(set(main.cli.commands) - before, m))\n"
+        "print(json.dumps([got, main.COMMAND_MODULES]))\n"
+    )
+    got, table = json.loads(out)
+    assert got == table
+
+
+def test_a_command_imports_only_its_own_module():
+    """`create` must not pay for the image, registry or system commands (nor httpx, rich, the archive code)."""
+    out = _python(
+        "import sys\n"
+        "sys.argv = ['dockyard', 'create', '--help']\n"
+        "from dockyard.cli.main import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('MODULES', ' '.join(sorted(sys.modules)))\n"
+    )
+    mods = set(out.split("MODULES", 1)[1].split())
+    assert "dockyard.cli.commands_containers" in mods
+    for unwanted in (
+        "dockyard.cli.commands_images",
+        "dockyard.cli.commands_registry",
+        "dockyard.cli.commands_system",
+        "httpx",
+        "rich",
+        "dockyard.archive.tarstream",
+    ):
+        assert unwanted not in mods, unwanted

@@ -47,9 +47,52 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
+# Which module defines each top-level command. Only the module of the command being run is
+# imported, so a short command such as ``create`` does not pay for the registry client, the
+# archive code or the table printer. tests/test_cli_basics.py checks this table against the modules.
+COMMAND_MODULES: dict[str, str] = {
+    **dict.fromkeys(
+        ["load", "images", "inspect", "history", "tag", "rmi", "explain", "save", "import"], "commands_images"
+    ),
+    **dict.fromkeys(
+        [
+            "create",
+            "run",
+            "start",
+            "stop",
+            "kill",
+            "wait",
+            "rm",
+            "ps",
+            "logs",
+            "diff",
+            "commit",
+            "export",
+            "cp",
+            "mount",
+            "umount",
+        ],
+        "commands_containers",
+    ),
+    **dict.fromkeys(["pull", "push", "login", "logout"], "commands_registry"),
+    **dict.fromkeys(["fsck", "system", "image", "container"], "commands_system"),
+    "demo": "commands_demo",
+}
+
+
 class DockyardGroup(click.Group):
+    """The top-level group; imports a command's module the first time the command is asked for."""
+
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(self.commands)
+        return list(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if cmd_name not in self.commands and module is not None:
+            import importlib
+
+            importlib.import_module(f"dockyard.cli.{module}")  # registers its commands on ``cli``
+        return self.commands.get(cmd_name)
 
 
 @click.group(cls=DockyardGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,14 +131,6 @@ def cli(
 
 
 def main() -> None:
-    from dockyard.cli import (  # noqa: F401  (registers commands)
-        commands_containers,
-        commands_demo,
-        commands_images,
-        commands_registry,
-        commands_system,
-    )
-
     debug = "--debug" in sys.argv
     try:
         cli.main(standalone_mode=False)

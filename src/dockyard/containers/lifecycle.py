@@ -20,7 +20,6 @@ killed, the next dockyard command that touches containers reaps what it left beh
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import hashlib
@@ -873,6 +872,8 @@ def _signal_number(name: str) -> int:
 
 
 def _set_subreaper() -> None:
+    import ctypes  # only the monitor needs it; create stays lean
+
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
