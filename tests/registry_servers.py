@@ -140,27 +140,24 @@ class CertSet:
     client_key: Path
 
 
+def self_signed(d: Path, name: str, cn: str, *extra: str) -> None:
+    """A self-signed RSA certificate valid for two days: ``<name>.key`` and ``<name>.crt`` in ``d``."""
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.crt",
+        "-days", "2", "-subj", f"/CN={cn}", *extra, cwd=d,
+    )  # fmt: skip
+
+
 def make_certs(d: Path) -> CertSet:
     d.mkdir(parents=True, exist_ok=True)
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=dockyard test CA",
+    self_signed(
+        d,
+        "ca",
+        "dockyard test CA",
         "-addext",
         "basicConstraints=critical,CA:TRUE",
         "-addext",
         "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=d,
     )
     for name, cn, ext in (
         ("server", "127.0.0.1", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"),
@@ -747,22 +744,7 @@ class JWTTokenServer:
         self.users = users
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        openssl(
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "token.key",
-            "-out",
-            "token.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=dockyard token signer",
-            cwd=workdir,
-        )
+        self_signed(workdir, "token", "dockyard token signer")
         self.key = workdir / "token.key"
         self.cert = workdir / "token.crt"
         pem = self.cert.read_text()
