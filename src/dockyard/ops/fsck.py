@@ -136,6 +136,17 @@ class Checker:
         self.report.add(fd)
         return fd
 
+    def tmp_leftover(self, path: str) -> None:
+        """A ``.tmp-*`` file that an interrupted atomic write left behind: safe to remove."""
+        self.f(
+            WARNING,
+            "tmp-leftover",
+            path,
+            "leftover of an interrupted write",
+            "remove it",
+            lambda: os.unlink(path),
+        )
+
     # ------------------------------------------------------------------ run
     def run(self) -> Report:
         self.check_layerdb()
@@ -633,14 +644,7 @@ class Checker:
         for name in _listdir(lay.imagedb_content):
             p = os.path.join(lay.imagedb_content, name)
             if name.startswith(".tmp-"):
-                self.f(
-                    WARNING,
-                    "tmp-leftover",
-                    p,
-                    "leftover of an interrupted write",
-                    "remove it",
-                    lambda p=p: os.unlink(p),
-                )
+                self.tmp_leftover(p)
                 continue
             if not is_hex64(name):
                 self.f(WARNING, "stray-entry", p, "not an image config (name is not a sha256 hex digest)")
@@ -694,14 +698,7 @@ class Checker:
             for fname in _listdir(md):
                 fp = os.path.join(md, fname)
                 if fname.startswith(".tmp-"):
-                    self.f(
-                        WARNING,
-                        "tmp-leftover",
-                        fp,
-                        "leftover of an interrupted write",
-                        "remove it",
-                        lambda fp=fp: os.unlink(fp),
-                    )
+                    self.tmp_leftover(fp)
                 elif fname == "parent":
                     val = (_read(fp) or b"").decode("utf-8", "replace").strip()
                     if not is_digest(val) or val not in self.image_tops:
@@ -721,29 +718,13 @@ class Checker:
         for dirpath, _dirs, files in os.walk(root):
             for name in files:
                 if name.startswith(".tmp-"):
-                    p = os.path.join(dirpath, name)
-                    self.f(
-                        WARNING,
-                        "tmp-leftover",
-                        p,
-                        "leftover of an interrupted write",
-                        "remove it",
-                        lambda p=p: os.unlink(p),
-                    )
+                    self.tmp_leftover(os.path.join(dirpath, name))
 
     def check_references(self) -> None:
         lay = self.store.layout
         for name in _listdir(lay.image_root):
             if name.startswith(".tmp-"):
-                p = os.path.join(lay.image_root, name)
-                self.f(
-                    WARNING,
-                    "tmp-leftover",
-                    p,
-                    "leftover of an interrupted write",
-                    "remove it",
-                    lambda p=p: os.unlink(p),
-                )
+                self.tmp_leftover(os.path.join(lay.image_root, name))
         raw = _read(lay.repositories_json)
         if raw is None:
             return
