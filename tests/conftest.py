@@ -23,6 +23,9 @@ from typing import Any
 
 import pytest
 
+# Mount points are read and undone in one place (peers.py) for every test module.
+from peers import mounts_below, unmount_below
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 FIXTURES = Path(os.environ.get("DOCKYARD_FIXTURES") or (Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
@@ -88,6 +91,18 @@ def run_dy(*args: Any, root: os.PathLike | str, input: bytes | str | None = None
     return res
 
 
+def show(p: subprocess.CompletedProcess) -> str:
+    """A finished dockyard command, its output and exit status, for an assertion message."""
+    args = p.args if isinstance(p.args, list) else [p.args]
+    try:
+        i = args.index("--data-root")
+        cmd = " ".join(str(a) for a in args[i + 2:])
+    except ValueError:
+        cmd = " ".join(map(str, args))
+    return "`dockyard %s` -> rc %s\n--- stdout:\n%s\n--- stderr:\n%s" % (cmd, p.returncode, str(p.stdout)[-3000:],
+                                                                      str(p.stderr)[-3000:])
+
+
 def _dec(b: bytes | str | None) -> str:
     if b is None:
         return ""
@@ -112,21 +127,7 @@ def assert_clean_error(p: subprocess.CompletedProcess, what: str = "") -> str:
 # ------------------------------------------------------------------------------------------- fixtures
 def umount_below(root: os.PathLike | str) -> list[str]:
     """Lazily unmount every mount point at or below root (deepest first); returns what was unmounted."""
-    mps = mounts_below(root)
-    for mp in sorted(mps, key=len, reverse=True):
-        subprocess.run(["umount", "-l", mp], capture_output=True)
-    return mps
-
-
-def mounts_below(root: os.PathLike | str) -> list[str]:
-    r = os.path.realpath(str(root)).rstrip("/")
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = line.split()[4].encode().decode("unicode_escape")  # octal escapes like \040
-            if mp == r or mp.startswith(r + "/"):
-                out.append(mp)
-    return out
+    return unmount_below(root)
 
 
 def assert_no_overlay_mounts(root: os.PathLike | str) -> None:

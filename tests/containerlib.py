@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 import peers
-from conftest import FIXTURES, _env, dy_cmd, mounts_below
+from conftest import FIXTURES, _env, dy_cmd, mounts_below, show
 
 EDGE_TAR = FIXTURES / "docker-save" / "fx-edge.docker.tar"
 EDGE_REF = "fx-edge:1"
@@ -46,17 +46,6 @@ def edge_id() -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the CLI
-def show(p: subprocess.CompletedProcess) -> str:
-    args = p.args if isinstance(p.args, list) else [p.args]
-    try:
-        i = args.index("--data-root")
-        cmd = " ".join(str(a) for a in args[i + 2:])
-    except ValueError:
-        cmd = " ".join(map(str, args))
-    return "`dockyard %s` -> rc %s\n--- stdout:\n%s\n--- stderr:\n%s" % (cmd, p.returncode, str(p.stdout)[-3000:],
-                                                                      str(p.stderr)[-3000:])
-
-
 class Dy:
     """``python -m dockyard --data-root ROOT --exec-root EXEC ...``"""
 

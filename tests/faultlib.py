@@ -38,7 +38,7 @@ from typing import Any
 
 import pytest
 
-from conftest import FIXTURES, _env, _sha256_file, _xattrs, dy_cmd, mounts_below, umount_below
+from conftest import FIXTURES, _env, _sha256_file, _xattrs, dy_cmd, mounts_below, show, umount_below
 
 SAVE = FIXTURES / "docker-save"
 OCI = FIXTURES / "oci"
@@ -65,12 +65,6 @@ def dy(root: os.PathLike | str, *args: Any, env: dict[str, str] | None = None, t
                        capture_output=True, env=e, cwd="/", timeout=timeout, start_new_session=True)
     return subprocess.CompletedProcess(p.args, p.returncode, p.stdout.decode("utf-8", "replace"),
                                        p.stderr.decode("utf-8", "replace"))
-
-
-def show(p: subprocess.CompletedProcess) -> str:
-    cmd = " ".join(str(a) for a in p.args[3:]) if isinstance(p.args, list) else str(p.args)
-    return "`dockyard %s` -> rc %s\n--- stdout:\n%s\n--- stderr:\n%s" % (cmd, p.returncode, p.stdout[-3000:],
-                                                                      p.stderr[-3000:])
 
 
 def dy_ok(root: os.PathLike | str, *args: Any, **kw: Any) -> subprocess.CompletedProcess:

@@ -163,6 +163,29 @@ def dockyard_json_lines(root: str | os.PathLike[str], *args: str) -> list[Any]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+def pick_files(orc_image: dict[str, Any]) -> list[tuple[str, str]]:
+    """(path, sha256) of a small regular file of the top-most layer that has one and of the base layer (from the
+    oracle's diff dirs) that is visible unchanged in the merged rootfs (oracle export listing)."""
+    final = {e["path"]: e.get("sha256") for e in orc_image["export_listing"] if e["type"] == "file"}
+
+    def ok(e: dict[str, Any]) -> bool:
+        p = e["path"]
+        return (e["type"] == "file" and 0 < e.get("size", 0) <= 65536 and p.isascii()
+                and all(c.isalnum() or c in "/-_." for c in p) and final.get(p) == e.get("sha256"))
+
+    layers = orc_image["layers"]
+    picks = []
+    for layer in reversed(layers[1:]):
+        cand = [e for e in layer.get("diff_dir", []) if ok(e)]
+        if cand:
+            picks.append((cand[0]["path"], cand[0]["sha256"]))
+            break
+    base = [e for e in layers[0].get("diff_dir", []) if ok(e)]
+    assert base, "no suitable base-layer file in the oracle"
+    picks.append((base[0]["path"], base[0]["sha256"]))
+    return picks
+
+
 def parse_mountinfo() -> list[str]:
     """Mount points (decoded) from /proc/self/mountinfo."""
     pts = []

@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from conftest import FIXTURES, _env, dy_cmd
+from conftest import FIXTURES, _dec, _env, dy_cmd, show
 from listing import compare_listing, list_tree
 
 OCI = FIXTURES / "oci"
@@ -80,18 +80,6 @@ def dy(root: os.PathLike | str, *args: Any, env: dict[str, str] | None = None, i
         raise AssertionError("dockyard %s hung (> %ss)\nstdout:\n%s\nstderr:\n%s" % (
             " ".join(map(str, args)), timeout, _dec(ex.stdout)[-3000:], _dec(ex.stderr)[-3000:])) from None
     return subprocess.CompletedProcess(p.args, p.returncode, _dec(p.stdout), _dec(p.stderr))
-
-
-def _dec(b: bytes | str | None) -> str:
-    if b is None:
-        return ""
-    return b if isinstance(b, str) else b.decode("utf-8", "replace")
-
-
-def show(p: subprocess.CompletedProcess) -> str:
-    cmd = " ".join(str(a) for a in p.args[3:]) if isinstance(p.args, list) else str(p.args)
-    return "`dockyard %s` -> rc %s\n--- stdout:\n%s\n--- stderr:\n%s" % (cmd, p.returncode, p.stdout[-3000:],
-                                                                      p.stderr[-3000:])
 
 
 def dy_ok(root: os.PathLike | str, *args: Any, **kw: Any) -> subprocess.CompletedProcess:
@@ -539,29 +527,6 @@ def http_get(url: str, *, accept: str | None = None, auth: tuple[str, str] | Non
         req.add_header("Authorization", "Basic " + b64("%s:%s" % auth))
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return r.read()
-
-
-def pick_files(orc_image: dict[str, Any]) -> list[tuple[str, str]]:
-    """(path, sha256) of a small regular file of the top-most layer that has one and of the base layer (from the
-    oracle's diff dirs) that is visible unchanged in the merged rootfs (oracle export listing)."""
-    final = {e["path"]: e.get("sha256") for e in orc_image["export_listing"] if e["type"] == "file"}
-
-    def ok(e: dict[str, Any]) -> bool:
-        p = e["path"]
-        return (e["type"] == "file" and 0 < e.get("size", 0) <= 65536 and p.isascii()
-                and all(c.isalnum() or c in "/-_." for c in p) and final.get(p) == e.get("sha256"))
-
-    layers = orc_image["layers"]
-    picks = []
-    for layer in reversed(layers[1:]):
-        cand = [e for e in layer.get("diff_dir", []) if ok(e)]
-        if cand:
-            picks.append((cand[0]["path"], cand[0]["sha256"]))
-            break
-    base = [e for e in layers[0].get("diff_dir", []) if ok(e)]
-    assert base, "no suitable base-layer file in the oracle"
-    picks.append((base[0]["path"], base[0]["sha256"]))
-    return picks
 
 
 def push_summary(out: str) -> dict[str, Any]:

@@ -367,7 +367,7 @@ def _one_kill(sc: Scenario, base: Path, before: StoreView, base_snap: dict, ctx:
         if mounts_below(root):
             p.append("mounts left after the kill: %s" % mounts_below(root))
         # 2. only repairable findings
-        rc, rep = fsck_report(root)
+        _, rep = fsck_report(root)
         bad = [f for f in rep["findings"] if not f["repairable"]]
         if bad:
             p.append("unrepairable findings after the kill:\n" + fmt_findings({"findings": bad}))
@@ -392,18 +392,23 @@ def _one_kill(sc: Scenario, base: Path, before: StoreView, base_snap: dict, ctx:
         (sc.repeat or _repeat_ok)(r, root, before, ctx_k, p)
         # 6. the end state
         sc.final(root, before, ctx_k, p)
-        rc, rep = fsck_report(root, "--deep")
-        if rc != 0:
-            p.append("fsck --deep after the repeated command is not clean:\n" + fmt_findings(rep))
-        sp = structural_problems(root, strict=True)
-        if sp:
-            p.append("end state inconsistent (independent check):\n  " + "\n  ".join(sp[:10]))
-        if mounts_below(root):
-            p.append("mounts left at the end: %s" % mounts_below(root))
+        _clean_end(root, "command", p)
         return out
     finally:
         if not out.problems:
             rmtree(root)
+
+
+def _clean_end(root: Path, what: str, problems: list[str]) -> None:
+    """After the repeated command: fsck --deep clean, the independent check clean, no mount left."""
+    rc, rep = fsck_report(root, "--deep")
+    if rc != 0:
+        problems.append("fsck --deep after the repeated %s is not clean:\n" % what + fmt_findings(rep))
+    sp = structural_problems(root, strict=True)
+    if sp:
+        problems.append("end state inconsistent (independent check):\n  " + "\n  ".join(sp[:10]))
+    if mounts_below(root):
+        problems.append("mounts left at the end: %s" % mounts_below(root))
 
 
 @pytest.mark.parametrize("sc", SCENARIOS, ids=[s.name for s in SCENARIOS])
@@ -1079,14 +1084,7 @@ def test_crash_pull(edge_registry, pull_base, ramdisk, tmp_path_factory):
                 pr.append("overlay2/ after the repeated pull differs from an uninterrupted pull:\n  " + "\n  ".join(d))
             if _tmp_listing(root) != ref_tmp:
                 pr.append("tmp/ holds %s, after an uninterrupted pull %s" % (_tmp_listing(root), ref_tmp))
-            rc, rep = fsck_report(root, "--deep")
-            if rc != 0:
-                pr.append("fsck --deep after the repeated pull is not clean:\n" + fmt_findings(rep))
-            sp = structural_problems(root, strict=True)
-            if sp:
-                pr.append("end state inconsistent (independent check):\n  " + "\n  ".join(sp[:10]))
-            if mounts_below(root):
-                pr.append("mounts left at the end: %s" % mounts_below(root))
+            _clean_end(root, "pull", pr)
             return out
         finally:
             if not out.problems:

@@ -127,33 +127,10 @@ def test_dockerd_lists_the_same_images(state: Any) -> None:
         assert [h["Size"] for h in hist] == [h["Size"] for h in o["history_api"]], "history sizes of %s" % im["Id"]
 
 
-def _pick_files(orc_image: dict[str, Any]) -> list[tuple[str, str]]:
-    """(path, sha256) of a small regular file of the top-most layer that has one and of the base layer, taken
-    from the oracle diff dirs, that are visible unchanged in the merged rootfs (oracle export listing)."""
-    final = {e["path"]: e.get("sha256") for e in orc_image["export_listing"] if e["type"] == "file"}
-
-    def ok(e: dict[str, Any]) -> bool:
-        p = e["path"]
-        return (e["type"] == "file" and 0 < e.get("size", 0) <= 65536 and p.isascii()
-                and all(c.isalnum() or c in "/-_." for c in p) and final.get(p) == e.get("sha256"))
-
-    layers = orc_image["layers"]
-    picks = []
-    for layer in reversed(layers[1:]):
-        cand = [e for e in layer.get("diff_dir", []) if ok(e)]
-        if cand:
-            picks.append((cand[0]["path"], cand[0]["sha256"]))
-            break
-    base = [e for e in layers[0].get("diff_dir", []) if ok(e)]
-    assert base, "no suitable base-layer file in the oracle"
-    picks.append((base[0]["path"], base[0]["sha256"]))
-    return picks
-
-
 @pytest.mark.parametrize("ref,fixture", [("fx-edge:1", "fx-edge.docker.tar"), (OCI_TAG, OCI_FIXTURE)])
 def test_docker_run_reads_layer_files(state: Any, ref: str, fixture: str) -> None:
     d: peers.Dockerd = state.d
-    picks = _pick_files(peers.oracle(fixture)["images"][0])
+    picks = peers.pick_files(peers.oracle(fixture)["images"][0])
     assert len(picks) == 2
     for path, sha in picks:
         p = d.docker("run", "--rm", "--network", "none", ref, "cat", "/" + path, text=False, timeout=120)

@@ -42,7 +42,6 @@ from pulllib import (
     go_json,
     http_get,
     isolated_docker_config,  # noqa: F401  (autouse fixture)
-    pick_files,
     push_summary,
     registry_access,
     registry_blobs,
@@ -185,7 +184,7 @@ def test_fresh_dockerd_pulls_and_runs_the_pushed_image(run: Any, tmp_path: Path)
         assert insp["Id"] == run.image_id
         assert insp["RootFS"]["Layers"] == orc["diff_ids"]
         assert insp["Config"] == orc["config"]
-        for path, sha in pick_files(orc):
+        for path, sha in peers.pick_files(orc):
             p = d.docker("run", "--rm", "--network", "none", ref, "cat", "/" + path, text=False, timeout=120)
             assert "sha256:" + hashlib.sha256(p.stdout).hexdigest() == sha, "content of /%s" % path
 
