@@ -699,17 +699,19 @@ class Containers:
                 continue
             if self.monitor_alive(cid):
                 continue
-            with self.store.write_lock():
-                # a start may have claimed it while we looked
-                if self.monitor_alive(cid):
-                    continue
-            pid = int(st.get("Pid") or 0)
-            if pid and pid_alive(pid):
-                _kill_quiet(pid, signal.SIGKILL)
-            self.runtime.kill(cid, "KILL", all_=True)
-            self.runtime.delete(cid)
             try:
+                # Under the lock from the check to the end: a start claims its container under the
+                # same lock, so nothing it starts can be killed or unmounted here.
                 with self.store.write_lock():
+                    if self.monitor_alive(cid):
+                        continue  # a start claimed it while we looked
+                    st = self.load(cid).get("State") or {}  # as it is now, not as it was
+                    running = bool(st.get("Running"))
+                    pid = int(st.get("Pid") or 0)
+                    if pid and pid_alive(pid):
+                        _kill_quiet(pid, signal.SIGKILL)
+                    self.runtime.kill(cid, "KILL", all_=True)
+                    self.runtime.delete(cid)
                     if mid:
                         self.store.driver.put(mid)
                     if running:
