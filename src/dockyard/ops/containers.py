@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from dockyard import __version__, gojson
@@ -305,41 +305,29 @@ def diff(mgr: Containers, cid: str) -> list[Change]:
 
     mgr.reap()
     mid = mgr.mount_id(cid)
-    init = mid + "-init"
-    drv = mgr.store.driver
-    mounted = []
-    with mgr.store.write_lock():
-        for layer in (mid, init):
-            if not drv.mounted(layer) and drv.lower_of(layer) is not None:
-                mounted.append(layer)
-            drv.get(layer)
-    try:
-        new_root = drv.get(mid)
-        old_root = drv.get(init)
+    with _mounted(mgr, cid, mid) as new_root, _mounted(mgr, cid, mid + "-init") as old_root:
         return changes_between(new_root, old_root)
-    finally:
-        if mounted:
-            with mgr.store.write_lock():
-                for layer in mounted:
-                    if layer == mid and mgr.is_running(mgr.load(cid)):
-                        continue
-                    drv.put(layer)
 
 
 @contextmanager
-def _rootfs(mgr: Containers, cid: str) -> Iterator[str]:
-    """The container's mounted rootfs; unmounted afterwards if it was not mounted before."""
-    mid = mgr.mount_id(cid)
+def _mounted(mgr: Containers, cid: str, layer: str) -> Iterator[str]:
+    """The merged view of one of the container's layers; unmounted afterwards if this mounted it,
+    except the rootfs of a container that runs."""
     drv = mgr.store.driver
-    was_mounted = drv.mounted(mid)
     with mgr.store.write_lock():
-        root = drv.get(mid)
+        ours = not drv.mounted(layer) and drv.lower_of(layer) is not None
+        root = drv.get(layer)
     try:
         yield root
     finally:
-        if not was_mounted and not mgr.is_running(mgr.load(cid)):
+        if ours and not (layer == mgr.mount_id(cid) and mgr.is_running(mgr.load(cid))):
             with mgr.store.write_lock():
-                drv.put(mid)
+                drv.put(layer)
+
+
+def _rootfs(mgr: Containers, cid: str) -> AbstractContextManager[str]:
+    """The container's mounted rootfs (see :func:`_mounted`)."""
+    return _mounted(mgr, cid, mgr.mount_id(cid))
 
 
 def export(mgr: Containers, cid: str, write: Callable[[bytes | memoryview], Any]) -> None:
