@@ -99,19 +99,12 @@ def extract_layer(job: ExtractJob, progress: ProgressFn) -> ExtractOutcome:
         try:
             digest = raw.verify()
         except InvalidInput:
-            _forget_partial(blob)
+            blob.forget_partial()
             raise
         progress(raw.count)
         return ExtractOutcome(result, digest, raw.count)
     finally:
         f.close()
-
-
-def _forget_partial(blob: LayerBlob) -> None:
-    """Bytes that failed verification must not be resumed from (a registry download's cache)."""
-    forget = getattr(blob.opener, "forget_partial", None)
-    if forget is not None:
-        forget()
 
 
 def _blame_blob(raw: compression.VerifyingReader, blob: LayerBlob | None = None) -> None:
@@ -122,7 +115,7 @@ def _blame_blob(raw: compression.VerifyingReader, blob: LayerBlob | None = None)
         raw.verify()
     except InvalidInput:
         if blob is not None:
-            _forget_partial(blob)
+            blob.forget_partial()
         raise
     except Exception:
         return

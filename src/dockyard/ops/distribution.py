@@ -79,7 +79,7 @@ def pull(
     with store.write_lock():
         os.makedirs(partial_root, mode=0o700, exist_ok=True)
         if not existed:
-            resumed = [b for b in image.layers if os.path.exists(getattr(b.opener, "partial_path", ""))]
+            resumed = [b for b in image.layers if b.has_partial()]
             try:
                 load_images(
                     store, [image], workers=max(1, max_concurrent), on_layer_progress=progress, tag=False
@@ -115,12 +115,7 @@ def pull(
     for i, blob in enumerate(image.layers):
         if i < len(states) and states[i][1] != "Already exists":
             emit(_short(blob.digest), "Pull complete")
-        p = getattr(blob.opener, "partial_path", None)
-        if p:
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
+        blob.forget_partial()
     # docker's Status: "Downloaded newer image" when the reference now names a different image
     return PullResult(ref, image.id, pulled.top_digest, new=before != image.id, layers=states)
 

@@ -213,8 +213,7 @@ def prune_images(store: Store, *, all: bool = False) -> PruneResult:
             d = _Deleter(store)
             try:
                 if all:
-                    for r in refs.get(s.id, []):
-                        d.untag(r)
+                    d.untag_all(refs.get(s.id, []))
                 d.helper(s.id, force=False, prune=True, quiet=not dangling and not all)
             except DockyardError:
                 continue

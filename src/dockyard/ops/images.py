@@ -239,9 +239,6 @@ class _Deleter:
                     )
         return None
 
-    def untag(self, ref: Reference) -> None:
-        self.untag_all([ref])
-
     def untag_all(self, refs: list[Reference]) -> None:
         if not refs:
             return

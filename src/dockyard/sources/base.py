@@ -93,6 +93,17 @@ class LayerBlob:
     """gzip/zstd/none when the media type says so; None: detect from the bytes."""
     description: str = ""
 
+    def has_partial(self) -> bool:
+        """True when an earlier, interrupted download left bytes that this one resumes from."""
+        path = getattr(self.opener, "partial_path", None)
+        return path is not None and os.path.exists(path)
+
+    def forget_partial(self) -> None:
+        """Drop a resumable download's saved bytes (after success, or when they failed to verify)."""
+        forget = getattr(self.opener, "forget_partial", None)
+        if forget is not None:
+            forget()
+
 
 @dataclass
 class SourceImage:

@@ -100,15 +100,3 @@ class ReferenceStore:
             if name in data and not data[name]:
                 data.pop(name)
         self.save(data)
-
-    def delete(self, ref: Reference) -> str | None:
-        data = self.load()
-        name = ref.familiar_name
-        key = ref.store_key()
-        image_id = data.get(name, {}).pop(key, None)
-        if image_id is None:
-            return None
-        if not data.get(name):
-            data.pop(name, None)
-        self.save(data)
-        return image_id
