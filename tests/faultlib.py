@@ -39,6 +39,7 @@ from typing import Any
 import pytest
 
 from conftest import FIXTURES, _env, _sha256_file, _xattrs, dy_cmd, mounts_below, show, umount_below
+from peers import group_pids
 
 SAVE = FIXTURES / "docker-save"
 OCI = FIXTURES / "oci"
@@ -110,23 +111,6 @@ class KillResult:
     stragglers: list[int] = field(default_factory=list)   # processes of its group alive after it died
 
 
-def _group_pids(pgid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                st = f.read()
-        except OSError:
-            continue
-        # field 5 (pgrp) after the ")" that ends the command name
-        rest = st[st.rfind(")") + 2:].split()
-        if len(rest) > 2 and int(rest[2]) == pgid and rest[0] != "Z":
-            out.append(int(d))
-    return out
-
-
 def run_killed(root: os.PathLike | str, *args: Any, crash_at: int | None = None, delay: float | None = None,
                log: os.PathLike | str | None = None, timeout: float = 120,
                env: dict[str, str] | None = None) -> KillResult:
@@ -160,7 +144,7 @@ def run_killed(root: os.PathLike | str, *args: Any, crash_at: int | None = None,
     stragglers: list[int] = []
     deadline = time.monotonic() + 3
     while True:
-        left = _group_pids(p.pid)
+        left = group_pids(p.pid)
         if not left:
             break
         if time.monotonic() > deadline:

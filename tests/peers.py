@@ -239,6 +239,22 @@ def unmount_below(*roots: str | os.PathLike[str]) -> list[str]:
     return done
 
 
+def group_pids(pgid: int) -> list[int]:
+    """Live processes (not zombies) of a process group."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append(int(d))
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

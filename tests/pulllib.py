@@ -35,6 +35,7 @@ import pytest
 
 from conftest import FIXTURES, _dec, _env, dy_cmd, show
 from listing import compare_listing, list_tree
+from peers import group_pids
 
 OCI = FIXTURES / "oci"
 SAVE = FIXTURES / "docker-save"
@@ -391,21 +392,6 @@ def pull_summary(out: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ processes
-def group_pids(pgid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                out.append(int(d))
-        except (OSError, IndexError, ValueError):
-            pass
-    return out
-
-
 def start_dy(root: os.PathLike | str, *args: Any, out_dir: os.PathLike | str) -> subprocess.Popen:
     """Start the CLI in the background (own session), stdout/stderr into files in out_dir."""
     e = _env()
