@@ -682,6 +682,7 @@ class Containers:
     def reap(self) -> list[str]:
         """Clean up after monitors that died: kill what they watched, unmount, record the end."""
         reaped = []
+        unremoved = []  # --rm containers that ended while nobody was left to remove them
         for cid in self.ids():
             try:
                 cfg = self.load(cid)
@@ -696,6 +697,12 @@ class Containers:
             running = bool(st.get("Running"))
             stale_mount = mid is not None and self.store.driver.mounted(mid) and not self.monitor_alive(cid)
             if not running and not stale_mount:
+                if (
+                    cfg.get("HasBeenStartedBefore")
+                    and self.hostconfig(cid).get("AutoRemove")
+                    and not self.monitor_alive(cid)
+                ):
+                    unremoved.append(cid)
                 continue
             if self.monitor_alive(cid):
                 continue
@@ -752,21 +759,12 @@ class Containers:
                     if gone:
                         self.runtime.delete(name)
                         shutil.rmtree(os.path.join(self.exec_root, name), ignore_errors=True)
-        # --rm containers that ended while nobody was left to remove them (docker removes them on restart)
-        for cid in self.ids():
-            try:
-                cfg = self.load(cid)
-            except DockyardError:
-                continue
-            if (
-                cfg.get("HasBeenStartedBefore")
-                and not cfg["State"].get("Running")
-                and self.hostconfig(cid).get("AutoRemove")
-                and not self.monitor_alive(cid)
-            ):
-                from dockyard.ops.housekeeping import remove_container
+        # docker removes those on its next start; here the next command does
+        if unremoved:
+            from dockyard.ops.housekeeping import remove_container
 
-                with self.store.write_lock():
+            with self.store.write_lock():
+                for cid in unremoved:
                     if os.path.isdir(self.dir(cid)) and not self.monitor_alive(cid):
                         try:
                             self.store.driver.put(self.mount_id(cid))
