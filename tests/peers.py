@@ -239,20 +239,23 @@ def unmount_below(*roots: str | os.PathLike[str]) -> list[str]:
     return done
 
 
-def group_pids(pgid: int) -> list[int]:
-    """Live processes (not zombies) of a process group."""
-    out = []
+def _proc_stats():
+    """(pid, fields of /proc/PID/stat after the command name: state, ppid, pgrp, ...) of every process."""
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
         try:
             with open("/proc/%s/stat" % d) as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                out.append(int(d))
-        except (OSError, IndexError, ValueError):
-            pass
-    return out
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2:
+            yield int(d), fields
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Live processes (not zombies) of a process group."""
+    return [pid for pid, fields in _proc_stats() if fields[2] == str(pgid) and fields[0] != "Z"]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -268,17 +271,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _children(pid: int) -> list[int]:
-    kids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                    kids.append(int(d))
-        except (OSError, IndexError, ValueError):
-            pass
-    return kids
+    return [child for child, fields in _proc_stats() if fields[1] == str(pid)]
 
 
 def _cmdline(pid: int) -> list[str]:
