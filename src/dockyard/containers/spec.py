@@ -55,7 +55,7 @@ def _dev_rule(
     return r
 
 
-DEFAULT_DEVICE_RULES = [
+DEFAULT_DEVICE_RULES = [  # moby's oci/defaults.go; runc adds its own allowed devices (pts, ptmx...)
     _dev_rule(False),
     _dev_rule(True, "c", 1, 5),  # /dev/zero
     _dev_rule(True, "c", 1, 3),  # /dev/null
@@ -63,11 +63,7 @@ DEFAULT_DEVICE_RULES = [
     _dev_rule(True, "c", 1, 8),  # /dev/random
     _dev_rule(True, "c", 5, 0),  # /dev/tty
     _dev_rule(True, "c", 5, 1),  # /dev/console
-    _dev_rule(True, "c", 10, 229),  # /dev/fuse
-    _dev_rule(True, "c", 5, 2),  # /dev/ptmx
-    _dev_rule(True, "c", 136, None),  # /dev/pts/*
-    _dev_rule(True, "c", 1, 7),  # /dev/full
-    _dev_rule(False, "c", 10, 200),  # /dev/net/tun (denied, as docker does)
+    _dev_rule(False, "c", 10, 229),  # /dev/fuse (denied, as docker does)
 ]
 
 
