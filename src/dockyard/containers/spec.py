@@ -1,6 +1,7 @@
 """The OCI runtime spec (``config.json``) for a container, as Docker 20.10 builds it.
 
-Docker's defaults (``oci/defaults.go``, ``daemon/oci_linux.go``): the 14 default capabilities,
+Docker's defaults (``oci/defaults.go``, ``daemon/oci_linux.go``): the 14 default capabilities
+(bounding, effective, permitted; never inheritable),
 ``/proc``, ``/dev`` (tmpfs), ``/dev/pts``, ``/sys`` (ro), ``/sys/fs/cgroup`` (ro), ``/dev/mqueue``,
 ``/dev/shm`` (64 MiB tmpfs), the masked and read-only paths, the default device cgroup rules,
 and bind mounts of the container's ``resolv.conf``, ``hostname`` and ``hosts``. Namespaces:
@@ -14,27 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dockyard.archive.fsutil import RootDir
+from dockyard.containers import capabilities
 from dockyard.containers.model import MASKED_PATHS, READONLY_PATHS
 from dockyard.errors import DockyardError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-DEFAULT_CAPS = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-]
+DEFAULT_CAPS = list(capabilities.DEFAULT_CAPS)
 
 
 def _dev_rule(
@@ -226,9 +213,8 @@ def build_spec(
         "args": args,
         "env": env,
         "cwd": cwd or "/",
-        "capabilities": {
-            k: list(DEFAULT_CAPS) for k in ("bounding", "effective", "inheritable", "permitted")
-        },
+        # never the inheritable or ambient set (CVE-2022-24769); confine.apply sets the final ones
+        "capabilities": capabilities.spec_capabilities(DEFAULT_CAPS, user.uid),
         "oomScoreAdj": 0,
     }
     return {
