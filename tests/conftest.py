@@ -5,8 +5,14 @@ data-root it leaves behind against the oracle JSON recorded from a real dockerd 
 (``shared/fixtures/oracle``) and against the on-disk fact sheet (``shared/docs/docker-on-disk.md``).
 
 Helpers that tests import directly (``from conftest import ...``): FIXTURES, run_dy, load_oracle,
-require_peer, store_snapshot, diff_snapshots, assert_no_overlay_mounts, assert_clean_error, read_text,
-chain_ids, layer_dirs, overlay_dirs, umount_below.
+require_peer, require_root, require_fixtures, missing, store_snapshot, diff_snapshots, assert_no_overlay_mounts,
+assert_clean_error, read_text, chain_ids, layer_dirs, overlay_dirs, umount_below.
+
+Preconditions (no silent skips).  Every test needs root and the fixture tree unless it is marked
+``@pytest.mark.unit`` (module-wide: ``pytestmark = pytest.mark.unit``): a pure unit test that runs as any user
+without fixtures.  A unit test may ask for one of them back with ``@pytest.mark.needs_root`` or
+``@pytest.mark.needs_fixtures``.  A missing precondition skips the test, naming it; with DOCKYARD_REQUIRE_PEERS=1
+(CI) it FAILS, naming it, and any other skip of any kind becomes a failure too (see pytest_runtest_makereport).
 """
 from __future__ import annotations
 
@@ -23,12 +29,14 @@ from typing import Any
 
 import pytest
 
-# Mount points are read and undone in one place (peers.py) for every test module.
-from peers import mounts_below, unmount_below
+# Mount points are read and undone in one place (peers.py) for every test module; so is the skip/fail rule.
+from peers import REQUIRE_PEERS, find_fixtures, fixture_candidates, fixtures_missing_reason, missing, mounts_below, \
+    unmount_below
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-FIXTURES = Path(os.environ.get("DOCKYARD_FIXTURES") or (Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+#: the fixture tree; when it is missing, the first place looked (tests that need it fail/skip before using it)
+FIXTURES = find_fixtures() or fixture_candidates()[0]
 ORACLE_DIR = FIXTURES / "oracle"
 PEERS = ("docker", "dockerd", "skopeo", "umoci", "tar-split", "runc", "docker-registry")
 DEFAULT_TIMEOUT = 300
@@ -45,13 +53,96 @@ def pytest_collection_modifyitems(config, items):
     items[:] = fast + slow
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _fixtures_present():
-    """Skip the whole suite cleanly when the shared fixtures are not there."""
-    if not (FIXTURES.is_dir() and ORACLE_DIR.is_dir()):
-        pytest.skip("fixtures not found at %s (set DOCKYARD_FIXTURES)" % FIXTURES)
+def pytest_configure(config):
+    config.addinivalue_line("markers", "unit: a pure unit test: needs neither root nor the fixture tree")
+    config.addinivalue_line("markers", "needs_root: (in a unit module) this test needs root")
+    config.addinivalue_line("markers", "needs_fixtures: (in a unit module) this test needs the fixture tree")
+
+
+def require_root(what: str = "this test") -> None:
+    """Skip (fail with DOCKYARD_REQUIRE_PEERS=1) unless running as root; the message names root."""
     if os.geteuid() != 0:
-        pytest.skip("the acceptance tests need root (device nodes, trusted.* xattrs, chown)")
+        missing("%s needs root (device nodes, trusted.* xattrs, chown, mounts); running as uid %d"
+                % (what, os.geteuid()))
+
+
+def require_fixtures() -> Path:
+    """The fixture tree; skip (fail with DOCKYARD_REQUIRE_PEERS=1) naming where it was looked for."""
+    found = find_fixtures()
+    if found is None:
+        missing(fixtures_missing_reason())
+        raise AssertionError("unreachable")
+    return found
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Check a test's preconditions before anything else (before skip marks and empty parameter sets, so the
+    message names what is missing)."""
+    unit = item.get_closest_marker("unit") is not None
+    if not unit or item.get_closest_marker("needs_fixtures") is not None:
+        require_fixtures()
+    if not unit or item.get_closest_marker("needs_root") is not None:
+        require_root()
+
+
+class _ModuleWithoutPreconditions(pytest.Module):
+    """A test module collected while root or the fixture tree is missing: when importing it fails (it reads a
+    fixture at import time), it becomes one test that reports the missing precondition, so that the rest of the
+    session (the unit tests) still runs instead of stopping at a collection error."""
+
+    def collect(self):
+        try:
+            return super().collect()
+        except Exception as e:  # CollectError, or what the module raised (FileNotFoundError of a fixture)
+            return [_PreconditionPlaceholder.from_parent(self, name="<module %s>" % self.path.name,
+                                                         error="%s: %s" % (type(e).__name__, e))]
+
+
+class _PreconditionPlaceholder(pytest.Item):
+    def __init__(self, *, error: str, **kw):
+        super().__init__(**kw)
+        self.error = error
+
+    def runtest(self):  # reached only when the setup hook found nothing missing
+        raise AssertionError("the module failed to import:\n%s" % self.error)
+
+    def reportinfo(self):
+        return self.path, None, self.name
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    if find_fixtures() is None or os.geteuid() != 0:
+        return _ModuleWithoutPreconditions.from_parent(parent, path=module_path)
+    return None
+
+
+def _skip_reason(longrepr) -> str:
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With DOCKYARD_REQUIRE_PEERS=1 no test is ever skipped: any skip (a mark, pytest.skip, an empty parameter
+    set, importorskip) is reported as a failure that keeps the skip's reason."""
+    outcome = yield
+    rep = outcome.get_result()
+    if REQUIRE_PEERS and rep.skipped and not hasattr(rep, "wasxfail"):
+        rep.outcome = "failed"
+        rep.longrepr = "skipped under DOCKYARD_REQUIRE_PEERS=1, which forbids skips: %s" % _skip_reason(rep.longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A module skipped at collection (allow_module_level=True) fails too with DOCKYARD_REQUIRE_PEERS=1."""
+    outcome = yield
+    rep = outcome.get_result()
+    if REQUIRE_PEERS and rep.skipped:
+        rep.outcome = "failed"
+        rep.longrepr = "%s skipped under DOCKYARD_REQUIRE_PEERS=1, which forbids skips: %s" % (
+            collector.nodeid, _skip_reason(rep.longrepr))
 
 
 # ------------------------------------------------------------------------------------------- running the CLI
@@ -180,10 +271,8 @@ def require_peer(name: str) -> str:
                 path = cand
                 break
     if path is None:
-        msg = "peer %r is not installed" % name
-        if os.environ.get("DOCKYARD_REQUIRE_PEERS") == "1":
-            pytest.fail(msg + " (DOCKYARD_REQUIRE_PEERS=1)", pytrace=False)
-        pytest.skip(msg)
+        missing("peer %r is not installed" % name)
+    assert path is not None
     return path
 
 

@@ -44,9 +44,14 @@ _REPO = Path(__file__).resolve().parent.parent
 
 # --------------------------------------------------------------------------------------------- peers / fixtures
 def _missing(what: str) -> None:
+    """A precondition of the running test is not met: skip it, or fail naming `what` with DOCKYARD_REQUIRE_PEERS=1."""
     if REQUIRE_PEERS:
         pytest.fail("%s (DOCKYARD_REQUIRE_PEERS=1)" % what, pytrace=False)
     pytest.skip(what)
+
+
+#: the public name of the skip/fail rule (conftest re-exports it)
+missing = _missing
 
 
 def need(binary: str) -> str:
@@ -66,20 +71,35 @@ def need(binary: str) -> str:
 
 def need_root() -> None:
     if os.geteuid() != 0:
-        _missing("real-peer tests need root (dockerd, overlayfs, device nodes)")
+        _missing("real-peer tests need root (dockerd, overlayfs, device nodes); running as uid %d" % os.geteuid())
+
+
+def fixture_candidates() -> list[Path]:
+    """Where the shared fixture tree is looked for, in order: $DOCKYARD_FIXTURES alone when it is set."""
+    if os.environ.get("DOCKYARD_FIXTURES"):
+        return [Path(os.environ["DOCKYARD_FIXTURES"])]
+    return [_REPO / "tests" / "fixtures", _REPO.parent / "shared" / "fixtures", Path("/work/shared/fixtures")]
+
+
+def find_fixtures() -> Path | None:
+    """The shared fixture tree (docker-save/, oci/, dataroot/, oracle/), or None when it is not there."""
+    for c in fixture_candidates():
+        if (c / "oracle").is_dir() and (c / "docker-save").is_dir():
+            return c
+    return None
+
+
+def fixtures_missing_reason() -> str:
+    return "fixture tree not found (set DOCKYARD_FIXTURES); looked in %s" % ", ".join(map(str, fixture_candidates()))
 
 
 def fixtures_dir() -> Path:
     """The shared fixture tree (docker-save/, oci/, dataroot/, oracle/)."""
-    cands = []
-    if os.environ.get("DOCKYARD_FIXTURES"):
-        cands.append(Path(os.environ["DOCKYARD_FIXTURES"]))
-    cands += [_REPO / "tests" / "fixtures", _REPO.parent / "shared" / "fixtures", Path("/work/shared/fixtures")]
-    for c in cands:
-        if (c / "oracle").is_dir() and (c / "docker-save").is_dir():
-            return c
-    _missing("fixture tree not found (set DOCKYARD_FIXTURES); looked in %s" % ", ".join(map(str, cands)))
-    raise AssertionError("unreachable")
+    found = find_fixtures()
+    if found is None:
+        _missing(fixtures_missing_reason())
+        raise AssertionError("unreachable")
+    return found
 
 
 def oracle(name: str) -> dict[str, Any]:

@@ -44,11 +44,9 @@ from typing import Any
 
 # The skip/fail rule for missing peers lives in peers.py; one definition for every test module.
 from peers import _missing as missing
-from peers import need
+from peers import find_fixtures, fixture_candidates, need
 
-FIXTURES = Path(
-    os.environ.get("DOCKYARD_FIXTURES") or (Path(__file__).resolve().parents[2] / "shared" / "fixtures")
-)
+FIXTURES = find_fixtures() or fixture_candidates()[0]
 REGISTRY_CONFIG_TEMPLATE = FIXTURES / "registry" / "config.yml"
 _FALLBACK_CONFIG = """version: 0.1
 log:

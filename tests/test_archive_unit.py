@@ -1,4 +1,4 @@
-"""Focused unit tests of the layer-archive core (no peers needed; run as root, as the suite is).
+"""Focused unit tests of the layer-archive core (no peers and no fixtures needed; most run as any user).
 
 The expectations come from Docker 20.10's pkg/archive (Unpack, createTarFile, the overlay
 whiteout converter, system.Chtimes/Mkdev), Go's archive/tar and path/filepath, and
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -21,15 +22,21 @@ from pathlib import Path
 import pytest
 
 import archive_corpus as ac
-from archive_corpus import END, entry, gnu_long, header, pax_entry
+from archive_corpus import END, entry, gnu_long, pax_entry
 from dockyard.archive.apply import ApplyResult, apply_layer
 from dockyard.archive.fsutil import clean_relative, go_clean
 from dockyard.archive.tarsplit import DuplicatePath, assemble
 from dockyard.errors import LayerError
 from dockyard.gojson import format_rfc3339nano, go_string
 
-ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not ROOT, reason="needs root (chown, mknod, trusted.* xattrs)")
+# pure unit tests: they run as any user and without the fixture tree; the few that chown, mknod or set trusted.*
+# xattrs need root (a missing root fails them under DOCKYARD_REQUIRE_PEERS=1, see conftest.py)
+pytestmark = pytest.mark.unit
+needs_root = pytest.mark.needs_root
+
+# entries are owned by whoever runs the test unless a test says otherwise (as root: 0:0, as Docker's images are),
+# so an unprivileged run needs no chown
+header = functools.partial(ac.header, uid=os.getuid(), gid=os.getgid())
 
 
 # ================================================================================ helpers
@@ -148,6 +155,7 @@ def test_hostile_input_is_refused_and_nothing_escapes(arena: tuple[Path, Path], 
     assert lst(canary / "file").st_nlink == 1
 
 
+@needs_root  # implied parent directories are created root-owned, as Docker does
 @pytest.mark.parametrize(
     "first,second",
     [(b"a", b"./a"), (b"d/", b"d"), (b"a/b", b"a//b"), (b"x", b"x/"), (b"e", b"d/../e"), (b"./q/.", b"q")],
@@ -309,6 +317,7 @@ def test_star_header_with_invalid_ctime_is_refused_like_go(tmp_path: Path) -> No
         apply_bytes(data, tmp_path / "d")
 
 
+@needs_root  # implied parent directories are created root-owned, as Docker does
 def test_star_header_prefix_and_atime(tmp_path: Path) -> None:
     data = (
         entry(
@@ -382,6 +391,7 @@ def test_dir_entry_after_implicit_creation_merges_metadata(tmp_path: Path) -> No
     assert stat.S_IMODE(b.st_mode) == 0o755 and (b.st_uid, b.st_gid) == (0, 0)
 
 
+@needs_root  # implied parent directories are created root-owned, as Docker does
 @pytest.mark.parametrize(
     "replacement,check",
     [
@@ -401,6 +411,7 @@ def test_entry_replacing_an_implicit_dir_removes_it(
     assert r.size == ac.docker_directory_size(dest)
 
 
+@needs_root  # implied parent directories are created root-owned, as Docker does
 def test_replacing_an_implicit_dir_keeps_hard_links_elsewhere(tmp_path: Path) -> None:
     dest = tmp_path / "d"
     data = F(b"d/f", b"0123456789") + HL(b"h", b"d/f") + F(b"d", b"abc") + END
@@ -462,6 +473,7 @@ def test_hard_link_entry_metadata_applies_to_the_inode(tmp_path: Path) -> None:
     assert s.st_mtime_ns == 1_200_000_000 * 10**9 and s.st_ino == lst(dest / "ls").st_ino
 
 
+@needs_root  # implied parent directories are created root-owned, as Docker does
 def test_times_follow_dockers_rules(tmp_path: Path) -> None:
     dest = tmp_path / "d"
     data = (
@@ -626,6 +638,7 @@ def test_global_header_is_ignored_without_creating_parents(tmp_path: Path) -> No
 
 
 # ================================================================================ tar-split lines
+@needs_root  # implied parent directories are created root-owned, as Docker does
 def test_tarsplit_lines_and_assemble(tmp_path: Path) -> None:
     dest = tmp_path / "d"
     sparse_data = b"abc" + b"xyz"

@@ -44,6 +44,7 @@ from dockyard.registry import (
 from dockyard.registry.auth import parse_challenges
 from dockyard.registry.credentials import go_marshal_indent
 from dockyard.registry.transport import Backoff, candidate_endpoints, parse_retry_after
+from peers import missing
 from registry_servers import (
     FIXTURES,
     DockerRegistry,
@@ -61,7 +62,8 @@ from registry_servers import (
     write_credential_helper,
 )
 
-pytestmark = pytest.mark.timeout(180)
+# pure unit tests of the registry client: no root and no fixture tree (a real registry and skopeo are peers)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.unit]
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -367,12 +369,13 @@ def test_real_mount_across_repos(real_registry: DockerRegistry, mk: Callable[...
     assert c.mount_blob("mnt/dst", img.config_digest, "mnt/nowhere") is False
 
 
+@pytest.mark.needs_fixtures
 def test_real_skopeo_seeded_image_pulls_byte_for_byte(real_registry: DockerRegistry,
                                                        mk: Callable[..., RegistryClient]) -> None:
     skopeo = need("skopeo")
     layout = FIXTURES / "oci" / "fx-edge.oci-gzip"
     if not layout.is_dir():
-        pytest.skip("fixture %s missing" % layout)
+        missing("fixture %s is missing from the fixture tree" % layout)
     p = subprocess.run([skopeo, "copy", "--preserve-digests", "--dest-tls-verify=false",
                         "oci:%s:1" % layout, "docker://%s/fx/edge:1" % real_registry.addr],
                        capture_output=True, text=True, timeout=120)
