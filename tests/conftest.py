@@ -30,8 +30,15 @@ from typing import Any
 import pytest
 
 # Mount points are read and undone in one place (peers.py) for every test module; so is the skip/fail rule.
-from peers import REQUIRE_PEERS, find_fixtures, fixture_candidates, fixtures_missing_reason, missing, mounts_below, \
-    unmount_below
+from peers import (
+    REQUIRE_PEERS,
+    find_fixtures,
+    fixture_candidates,
+    fixtures_missing_reason,
+    missing,
+    mounts_below,
+    unmount_below,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

@@ -25,7 +25,6 @@ import pytest
 
 from conftest import (
     FIXTURES,
-    missing,
     assert_clean_error,
     chain_ids,
     diff_snapshots,
@@ -33,6 +32,7 @@ from conftest import (
     image_ids,
     img_root,
     layerdb_tmp_leftovers,
+    missing,
     mounts_below,
     read_text,
     repositories,
