@@ -39,9 +39,9 @@ LIBRARY = "import dockyard.store, dockyard.containers.lifecycle"
 LIBRARY_CREATE = f"""
 import os
 os.umask(0o022)
-from dockyard.store import Store
+from dockyard.engine.stores import open_store
 from dockyard.containers.lifecycle import Containers, CreateOptions
-mgr = Containers(Store({DY_ROOT!r}), exec_root=None, runtime=None)
+mgr = Containers(open_store({DY_ROOT!r}), exec_root=None, runtime=None)
 print(mgr.create({IMG!r}, CreateOptions(cmd=["true"], network="none", image_name={IMG!r})))
 """
 CLI = "import sys; from dockyard.cli.main import main; sys.exit(main())"  # what the console script runs

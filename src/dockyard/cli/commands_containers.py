@@ -107,7 +107,7 @@ def create(ctx: Context, /, image: str, command: tuple[str, ...], **kw: Any) -> 
 @pass_ctx
 def run(ctx: Context, /, image: str, command: tuple[str, ...], detach: bool, **kw: Any) -> None:
     """Run a command in a new container (exit status = the container's)."""
-    from dockyard.ops.containers import run as run_container
+    from dockyard.engine.containers import run as run_container
 
     mgr = _mgr(ctx)
     opts = _create_options(image, command, kw)
@@ -125,7 +125,7 @@ def run(ctx: Context, /, image: str, command: tuple[str, ...], detach: bool, **k
 @pass_ctx
 def start(ctx: Context, containers: tuple[str, ...], attach: bool, interactive: bool) -> None:
     """Start one or more stopped containers."""
-    from dockyard.ops.containers import start as start_container
+    from dockyard.engine.containers import start as start_container
 
     mgr = _mgr(ctx)
     code = 0
@@ -175,7 +175,7 @@ def kill(ctx: Context, containers: tuple[str, ...], sig: str) -> None:
 @pass_ctx
 def wait_cmd(ctx: Context, containers: tuple[str, ...]) -> None:
     """Block until one or more containers stop, then print their exit codes."""
-    from dockyard.ops.containers import wait as wait_container
+    from dockyard.engine.containers import wait as wait_container
 
     mgr = _mgr(ctx)
     for ref in containers:
@@ -191,8 +191,8 @@ def wait_cmd(ctx: Context, containers: tuple[str, ...]) -> None:
 @pass_ctx
 def rm(ctx: Context, containers: tuple[str, ...], force: bool, volumes: bool) -> None:
     """Remove one or more containers."""
+    from dockyard.engine.containers import remove
     from dockyard.errors import DockyardError
-    from dockyard.ops.containers import remove
 
     mgr = _mgr(ctx)
     errors = []
@@ -218,7 +218,7 @@ def ps(ctx: Context, all_: bool, quiet: bool, no_trunc: bool, fmt: str | None) -
     """List containers."""
     from dockyard import gojson
     from dockyard.cli.output import go_time_string, json_line, since, table
-    from dockyard.ops.containers import status_of
+    from dockyard.engine.containers import status_of
 
     mgr = _mgr(ctx)
     mgr.reap()
@@ -326,8 +326,8 @@ def _ellipsis(s: str, n: int) -> str:
 @pass_ctx
 def logs(ctx: Context, container: str, follow: bool, tail: str, timestamps: bool) -> None:
     """Fetch the logs of a container."""
+    from dockyard.engine.containers import logs as container_logs
     from dockyard.errors import InvalidInput
-    from dockyard.ops.containers import logs as container_logs
 
     mgr = _mgr(ctx)
     n: int | None = None
@@ -350,7 +350,7 @@ def logs(ctx: Context, container: str, follow: bool, tail: str, timestamps: bool
 @pass_ctx
 def diff(ctx: Context, container: str) -> None:
     """Inspect changes to files or directories on a container's filesystem (A/C/D)."""
-    from dockyard.ops.containers import diff as container_diff
+    from dockyard.engine.containers import diff as container_diff
 
     mgr = _mgr(ctx)
     for ch in container_diff(mgr, mgr.resolve(container)):
@@ -379,7 +379,7 @@ def commit(
     pause: bool,
 ) -> None:
     """Create a new image from a container's changes."""
-    from dockyard.ops.containers import commit as commit_container
+    from dockyard.engine.containers import commit as commit_container
 
     mgr = _mgr(ctx)
     click.echo(
@@ -404,8 +404,8 @@ def export(ctx: Context, container: str, output: str | None) -> None:
     import os
     import tempfile
 
+    from dockyard.engine.containers import export as export_container
     from dockyard.errors import InvalidInput
-    from dockyard.ops.containers import export as export_container
 
     mgr = _mgr(ctx)
     cid = mgr.resolve(container)
@@ -436,8 +436,8 @@ def cp(ctx: Context, src: str, dest: str) -> None:
     """Copy files between a container and the local filesystem (CONTAINER:PATH HOSTPATH|-, or the reverse)."""
     import os
 
+    from dockyard.engine.containers import copy_from, copy_to
     from dockyard.errors import InvalidInput
-    from dockyard.ops.containers import copy_from, copy_to
 
     mgr = _mgr(ctx)
     if ":" in src and not os.path.exists(src):
@@ -463,8 +463,8 @@ def _extract_to_host(mgr: Any, cid: str, path: str, dest: str) -> None:
     import tempfile
 
     from dockyard.archive.apply import apply_layer
+    from dockyard.engine.containers import copy_from
     from dockyard.errors import InvalidInput
-    from dockyard.ops.containers import copy_from
 
     if os.path.isdir(dest):
         parent, name = dest, os.path.basename(os.path.normpath(path)) or "root"

@@ -15,8 +15,8 @@ from dockyard.cli.main import Context, cli, pass_ctx
 def demo(ctx: Context, name: str) -> None:
     """Import a tiny built-in rootfs as an image, then list and explain it."""
     from dockyard.cli import commands_images
-    from dockyard.ops.demo import demo_rootfs
-    from dockyard.ops.transfer import import_image
+    from dockyard.engine.demo import demo_rootfs
+    from dockyard.engine.transfer import import_image
 
     image_id = import_image(
         ctx.store,

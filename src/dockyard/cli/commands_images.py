@@ -77,8 +77,8 @@ def images(
     fmt: str | None,
 ) -> None:
     """List images."""
+    from dockyard.engine.images import list_images
     from dockyard.image.reference import parse_reference
-    from dockyard.ops.images import list_images
 
     rows: list[dict[str, str]] = []
     want_repo = None
@@ -173,9 +173,9 @@ def _go_template(fmt: str, row: dict[str, Any]) -> str:
 def inspect_cmd(ctx: Context, names: tuple[str, ...], fmt: str | None, type_: str | None) -> None:
     """Display detailed information on containers or images (containers first, as docker)."""
     from dockyard.containers.lifecycle import Containers
+    from dockyard.engine.containers import inspect_container
+    from dockyard.engine.images import inspect_image
     from dockyard.errors import NotFound
-    from dockyard.ops.containers import inspect_container
-    from dockyard.ops.images import inspect_image
 
     out = []
     missing = []
@@ -216,7 +216,7 @@ def inspect_cmd(ctx: Context, names: tuple[str, ...], fmt: str | None, type_: st
 def history(ctx: Context, name: str, human: bool, no_trunc: bool, quiet: bool, fmt: str | None) -> None:
     """Show the history of an image."""
     from dockyard import gojson
-    from dockyard.ops.images import history as image_history
+    from dockyard.engine.images import history as image_history
 
     items = image_history(ctx.store, ctx.store.resolve_image(name))
     rows = []
@@ -268,7 +268,7 @@ def _ellipsis(s: str, n: int) -> str:
 @pass_ctx
 def tag(ctx: Context, source: str, target: str) -> None:
     """Create a tag TARGET that refers to SOURCE."""
-    from dockyard.ops.images import tag_image
+    from dockyard.engine.images import tag_image
 
     tag_image(ctx.store, source, target)
 
@@ -280,8 +280,8 @@ def tag(ctx: Context, source: str, target: str) -> None:
 @pass_ctx
 def rmi(ctx: Context, names: tuple[str, ...], force: bool, no_prune: bool) -> None:
     """Remove one or more images."""
+    from dockyard.engine.images import remove_images
     from dockyard.errors import DockyardError
-    from dockyard.ops.images import remove_images
 
     records, errors = remove_images(ctx.store, list(names), force=force, prune=not no_prune)
     for kind, value in records:
@@ -299,7 +299,7 @@ def rmi(ctx: Context, names: tuple[str, ...], force: bool, no_prune: bool) -> No
 def explain(ctx: Context, name: str, fmt: str) -> None:
     """Show how an image's IDs relate: blob digest -> diffID -> chainID -> cache-id -> files."""
     from dockyard.cli.explain import print_explain
-    from dockyard.ops.images import explain as explain_image
+    from dockyard.engine.images import explain as explain_image
 
     info = explain_image(ctx.store, ctx.store.resolve_image(name))
     if fmt == "json":
@@ -333,7 +333,7 @@ def save(
 ) -> None:
     """Save one or more images to a tar archive (streamed to STDOUT by default)."""
     from dockyard.cli.progress import LayerProgress
-    from dockyard.ops.transfer import save as save_images
+    from dockyard.engine.transfer import save as save_images
 
     if not names and not all_intact:
         raise click.UsageError("requires at least 1 image name (or --all-intact)")
@@ -369,7 +369,7 @@ def import_cmd(
     platform: str | None,
 ) -> None:
     """Import the contents from a tarball (or - for STDIN) to create a filesystem image."""
-    from dockyard.ops.transfer import import_image
+    from dockyard.engine.transfer import import_image
 
     image_id = import_image(
         ctx.store, source, repository, changes=list(changes), message=message, platform=platform

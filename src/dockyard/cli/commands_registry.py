@@ -35,9 +35,9 @@ def pull(
 ) -> None:
     """Download an image from a registry."""
     from dockyard.cli.progress import LayerProgress
+    from dockyard.engine.distribution import pull as pull_image
     from dockyard.image.platform import parse_platform
     from dockyard.image.reference import parse_reference
-    from dockyard.ops.distribution import pull as pull_image
 
     ref = parse_reference(name)
     names = [name]
@@ -99,8 +99,8 @@ def pull(
 def push(ctx: Context, name: str, compression: str, quiet: bool, insecure: tuple[str, ...]) -> None:
     """Upload an image to a registry."""
     from dockyard.cli.progress import LayerProgress
+    from dockyard.engine.distribution import push as push_image
     from dockyard.image.reference import parse_reference
-    from dockyard.ops.distribution import push as push_image
 
     ref = parse_reference(name).tagged_or_latest()
     tty = sys.stdout.isatty() and not quiet

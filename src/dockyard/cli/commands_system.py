@@ -11,7 +11,7 @@ from dockyard.cli.main import Context, cli, pass_ctx
 
 
 def _print_report(report: object, fmt: str, *, title: str = "") -> None:
-    from dockyard.ops.fsck import ERROR, Report
+    from dockyard.engine.health.fsck import ERROR, Report
 
     assert isinstance(report, Report)
     if fmt == "json":
@@ -65,9 +65,9 @@ def _print_report(report: object, fmt: str, *, title: str = "") -> None:
 def fsck(ctx: Context, deep: bool, repair: bool, dry_run: bool, yes: bool, fmt: str) -> None:
     """Check the data-root (dockyard's or Docker's) for damage; exit 1 when problems are found."""
     from dockyard.cli.progress import LayerProgress
+    from dockyard.engine.health.fsck import fsck as run_fsck
+    from dockyard.engine.health.fsck import repair as run_repair
     from dockyard.errors import StoreBusy
-    from dockyard.ops.fsck import fsck as run_fsck
-    from dockyard.ops.fsck import repair as run_repair
 
     store = ctx.store
     if repair and not dry_run:
@@ -112,7 +112,7 @@ def _confirm(message: str, force: bool) -> None:
 
 def _print_prune(result: object, *, what: str) -> None:
     from dockyard.cli.output import human_size
-    from dockyard.ops.housekeeping import PruneResult
+    from dockyard.engine.health.housekeeping import PruneResult
 
     assert isinstance(result, PruneResult)
     if result.containers:
@@ -145,7 +145,7 @@ def system() -> None:
 def system_df(ctx: Context, verbose: bool, fmt: str) -> None:
     """Show disk usage (each layer counted once, however many images share it)."""
     from dockyard.cli.output import human_size, since, table
-    from dockyard.ops.housekeeping import disk_usage
+    from dockyard.engine.health.housekeeping import disk_usage
 
     du = disk_usage(ctx.store)
     active = sum(1 for i in du.images if i.containers)
@@ -230,7 +230,7 @@ def system_df(ctx: Context, verbose: bool, fmt: str) -> None:
 @pass_ctx
 def system_prune(ctx: Context, all_: bool, force: bool) -> None:
     """Remove stopped containers, dangling (or unused) images and orphaned data."""
-    from dockyard.ops.housekeeping import prune_containers, prune_images
+    from dockyard.engine.health.housekeeping import prune_containers, prune_images
 
     what = "all images without at least one container associated to them" if all_ else "all dangling images"
     _confirm(
@@ -255,7 +255,7 @@ def image() -> None:
 @pass_ctx
 def image_prune(ctx: Context, all_: bool, force: bool) -> None:
     """Remove unused images (and orphaned layers and directories)."""
-    from dockyard.ops.housekeeping import prune_images
+    from dockyard.engine.health.housekeeping import prune_images
 
     msg = (
         "WARNING! This will remove all images without at least one container associated to them."
@@ -276,7 +276,7 @@ def container() -> None:
 @pass_ctx
 def container_prune(ctx: Context, force: bool) -> None:
     """Remove all stopped containers."""
-    from dockyard.ops.housekeeping import prune_containers
+    from dockyard.engine.health.housekeeping import prune_containers
 
     _confirm("WARNING! This will remove all stopped containers.", force)
     _print_prune(prune_containers(ctx.store), what="container")

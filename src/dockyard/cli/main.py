@@ -38,9 +38,9 @@ class Context:
     @property
     def store(self) -> Any:
         if self._store is None:
-            from dockyard.store import Store
+            from dockyard.engine.stores import open_store
 
-            self._store = Store(self.root)
+            self._store = open_store(self.root)
         return self._store
 
 

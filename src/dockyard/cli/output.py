@@ -3,52 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from dockyard import gojson
+from dockyard.units import human_duration, human_size
 
-_UNITS = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"]
-
-
-def human_size(size: float, precision: int = 3) -> str:
-    """go-units HumanSizeWithPrecision (decimal units)."""
-    i = 0
-    while size >= 1000.0 and i < len(_UNITS) - 1:
-        size /= 1000.0
-        i += 1
-    return f"{size:.{precision}g}{_UNITS[i]}"
-
-
-def human_duration(seconds: float) -> str:
-    """go-units HumanDuration."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    minutes = int(seconds / 60)
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    hours = math.floor(seconds / 3600 + 0.5)
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days"
-    if hours < 24 * 30 * 2:
-        return f"{hours // 24 // 7} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24 // 30} months"
-    return f"{int(seconds / 3600) // 24 // 365} years"
+__all__ = ["go_time_string", "human_duration", "human_size", "indented_json", "json_line", "since", "table"]
 
 
 def since(ns: int) -> str:

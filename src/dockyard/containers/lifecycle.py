@@ -664,7 +664,7 @@ class Containers:
                     self.save(cid, cfg)
                 shutil.rmtree(os.path.join(self.exec_root, cid), ignore_errors=True)
                 if cfg is not None and self.hostconfig(cid).get("AutoRemove"):
-                    from dockyard.ops.housekeeping import remove_container
+                    from dockyard.containers.removal import remove_container
 
                     remove_container(self.store, cid, force=True)
         except DockyardError:
@@ -733,7 +733,7 @@ class Containers:
                         self.save(cid, cfg)
                     shutil.rmtree(os.path.join(self.exec_root, cid), ignore_errors=True)
                     if self.hostconfig(cid).get("AutoRemove"):
-                        from dockyard.ops.housekeeping import remove_container
+                        from dockyard.containers.removal import remove_container
 
                         remove_container(self.store, cid, force=True)
             except DockyardError:
@@ -761,7 +761,7 @@ class Containers:
                         shutil.rmtree(os.path.join(self.exec_root, name), ignore_errors=True)
         # docker removes those on its next start; here the next command does
         if unremoved:
-            from dockyard.ops.housekeeping import remove_container
+            from dockyard.containers.removal import remove_container
 
             with self.store.write_lock():
                 for cid in unremoved:

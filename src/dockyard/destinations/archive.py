@@ -18,8 +18,9 @@ from typing import Any
 from dockyard import gojson
 from dockyard.archive.tarwriter import TarWriter
 from dockyard.image.v1 import v1_ids_and_json
-from dockyard.sources.store import SelectedImage, layer_tar_size, write_layer_tar
 from dockyard.store import Store
+from dockyard.store.layertar import layer_tar_size, write_layer_tar
+from dockyard.store.selection import SelectedImage
 
 ProgressFn = Callable[[str, int, int | None], None]
 

@@ -26,8 +26,8 @@ from dockyard.archive.apply import ApplyResult, apply_layer
 from dockyard.errors import DockyardError, InvalidInput, LayerError, NoSpace
 from dockyard.image.config import ImageConfig
 from dockyard.image.reference import Reference
+from dockyard.image.source import FileRangeOpener, LayerBlob, SourceImage
 from dockyard.parallel import ProgressFn, run_jobs
-from dockyard.sources.base import FileRangeOpener, LayerBlob, SourceImage
 from dockyard.store import Store
 from dockyard.store.atomic import fsync_dir, syncfs
 from dockyard.store.layers import Layer, PendingLayer

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from dockyard.digest import is_digest
-from dockyard.drivers.overlay2 import Overlay2Driver
 from dockyard.errors import DockyardError, NotFound
 from dockyard.image.config import ImageConfig
 from dockyard.image.reference import InvalidReference, Reference, parse_reference
 from dockyard.store.containers import ContainerStore
+from dockyard.store.driver import ContainerRecovery, DriverFactory, LayerDriver
 from dockyard.store.images import ImageStore
 from dockyard.store.layers import Layer, LayerStore
 from dockyard.store.layout import Layout
@@ -35,9 +35,15 @@ class AmbiguousImage(DockyardError):
 
 
 class Store:
-    def __init__(self, root: str) -> None:
+    def __init__(
+        self, root: str, driver: DriverFactory, *, recover_container: ContainerRecovery | None = None
+    ) -> None:
+        """``driver`` makes the graph driver; ``recover_container`` releases the layers of a
+        container a dead process left half made or half removed (without it, such leftovers stay
+        until a store opened with one takes the write lock)."""
         self.layout = Layout(root)
-        self.driver = Overlay2Driver(self.layout)
+        self.driver: LayerDriver = driver(self.layout)
+        self._recover_container = recover_container
         self.layers = LayerStore(self.layout, self.driver)
         self.images = ImageStore(self.layout)
         self.refs = ReferenceStore(self.layout)
@@ -62,6 +68,8 @@ class Store:
     def _recover_containers(self) -> None:
         """Finish what a dead process left: a container dir staged but not published
         (``.tmp-<id>``) or half removed (``<id>-removing``) goes, with its layers."""
+        if self._recover_container is None:
+            return
         try:
             names = os.listdir(self.layout.containers)
         except FileNotFoundError:
@@ -70,10 +78,9 @@ class Store:
             if name.startswith(".tmp-") or name.endswith("-removing"):
                 cid = name[5:] if name.startswith(".tmp-") else name[: -len("-removing")]
                 from dockyard.archive.fsutil import remove_tree
-                from dockyard.ops.housekeeping import release_container_layers
 
                 if len(cid) == 64 and not os.path.isdir(self.layout.container_dir(cid)):
-                    release_container_layers(self, cid)
+                    self._recover_container(self, cid)
                 remove_tree(os.path.join(self.layout.containers, name))
 
     def dockerd_owner(self) -> str | None:
@@ -126,6 +133,21 @@ class Store:
         return self.layers.chain(top) if top else []
 
     # ------------------------------------------------------------------ usage
+    def release_layers(self, top: str) -> list[str]:
+        """Delete ``top`` and its parents while nothing else uses them (the layer store's
+        reference counting, as dockerd's ``ReleaseLayer``); returns the deleted chainIDs."""
+        deleted = []
+        users = self.layer_users()
+        cur: str | None = top
+        while cur is not None and users.get(cur, 0) == 0 and self.layers.exists(cur):
+            parent = self.layers.get(cur).parent
+            self.layers.delete(cur)
+            deleted.append(cur)
+            if parent:
+                users[parent] = users.get(parent, 0) - 1
+            cur = parent
+        return deleted
+
     def layer_users(self) -> dict[str, int]:
         """Reference counts of layers as dockerd rebuilds them at startup.
 

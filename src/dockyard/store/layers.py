@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 from dockyard.archive.fsutil import remove_tree
 from dockyard.digest import hex_of, is_digest, is_hex64, random_id, random_suffix_id
-from dockyard.drivers.overlay2 import Overlay2Driver
 from dockyard.errors import NotFound, StoreCorrupt
 from dockyard.faults import boundary
 from dockyard.store.atomic import fsync_dir, makedirs, read_text, write_synced
+from dockyard.store.driver import LayerDriver
 from dockyard.store.layout import Layout
 
 TAR_SPLIT = "tar-split.json.gz"
@@ -50,7 +50,7 @@ class PendingLayer:
 
 
 class LayerStore:
-    def __init__(self, layout: Layout, driver: Overlay2Driver) -> None:
+    def __init__(self, layout: Layout, driver: LayerDriver) -> None:
         self.layout = layout
         self.driver = driver
 

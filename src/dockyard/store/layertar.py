@@ -1,4 +1,4 @@
-"""The store as an image source: images by name, layer tars rebuilt through tar-split.
+"""Layer tars rebuilt from the store through tar-split (dockerd's layer ``TarStream``).
 
 A layer's tar is reassembled from ``tar-split.json.gz`` and the files of its ``diff/``; its
 sha256 is checked against the diffID while it streams (Docker's ``verifiedReadCloser``), so a
@@ -12,51 +12,12 @@ import gzip
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from dockyard.archive.tarsplit import AssemblyError, assemble
-from dockyard.errors import DockyardError, InvalidInput, LayerError, NotFound, StoreCorrupt
-from dockyard.image.reference import InvalidReference, Reference, parse_reference
+from dockyard.errors import StoreCorrupt
 from dockyard.store import Store
 from dockyard.store.layers import Layer
-
-
-@dataclass
-class SelectedImage:
-    image_id: str
-    refs: list[Reference] = field(default_factory=list)
-
-
-def select_images(store: Store, names: list[str]) -> list[SelectedImage]:
-    """docker save's reading of names: a tag, a repository (all its tags), or an ID."""
-    out: dict[str, SelectedImage] = {}
-
-    def add(image_id: str, ref: Reference | None) -> None:
-        sel = out.setdefault(image_id, SelectedImage(image_id))
-        if ref is not None and ref.tag and ref not in sel.refs:
-            sel.refs.append(ref)
-
-    for name in names:
-        ref: Reference | None
-        try:
-            ref = parse_reference(name)
-        except InvalidReference:
-            ref = None
-        if ref is not None and ref.tag is None and ref.digest is None:
-            tagged = [(r, i) for r, i in store.refs.all() if r.name == ref.name]
-            if tagged:
-                for r, i in tagged:
-                    add(i, r)
-                continue
-            add(store.resolve_image(name), None)
-            continue
-        image_id = store.resolve_image(name)
-        if ref is not None and store.refs.get(ref) == image_id:
-            add(image_id, ref)
-        else:
-            add(image_id, None)
-    return list(out.values())
 
 
 def layer_tar_size(tar_split_path: str) -> int:
@@ -106,15 +67,3 @@ def write_layer_tar(store: Store, layer: Layer, write: Callable[[bytes | memoryv
             f"(expected {layer.diff_id}, got {got}): the layer's files were changed or damaged"
         )
     return n
-
-
-__all__ = [
-    "DockyardError",
-    "InvalidInput",
-    "LayerError",
-    "NotFound",
-    "SelectedImage",
-    "layer_tar_size",
-    "select_images",
-    "write_layer_tar",
-]

@@ -294,7 +294,7 @@ class _Deleter:
         st.images.delete(image_id)
         self.records.append(("Deleted", image_id))
         if top:
-            for chain in release_layers(st, top):
+            for chain in st.release_layers(top):
                 self.records.append(("Deleted", chain))
         if prune and parent and st.images.exists(parent):
             self.helper(parent, force=False, prune=True, quiet=True)
@@ -322,21 +322,6 @@ def _is_single_reference(refs: list[Reference]) -> bool:
     if single is None:
         single = refs[0]
     return len(canonical) == 1 and single.name in canonical
-
-
-def release_layers(store: Store, top: str) -> list[str]:
-    """Delete ``top`` and its parents while nothing else uses them; returns deleted chainIDs."""
-    deleted = []
-    users = store.layer_users()
-    cur: str | None = top
-    while cur is not None and users.get(cur, 0) == 0 and store.layers.exists(cur):
-        parent = store.layers.get(cur).parent
-        store.layers.delete(cur)
-        deleted.append(cur)
-        if parent:
-            users[parent] = users.get(parent, 0) - 1
-        cur = parent
-    return deleted
 
 
 def remove_images(

@@ -25,6 +25,7 @@ from typing import Any
 
 from dockyard import gojson
 from dockyard.destinations.store import load_images
+from dockyard.engine.stores import open_store
 from dockyard.errors import DockyardError, InvalidInput, NotFound
 from dockyard.image.platform import Platform
 from dockyard.image.reference import Reference, parse_reference
@@ -174,9 +175,9 @@ class CompressOutcome:
 
 def compress_and_upload(job: CompressJob, progress: ProgressFn) -> CompressOutcome:
     """Rebuild the layer tar, compress it to a temp file (digest and size known), upload it."""
-    from dockyard.sources.store import write_layer_tar
+    from dockyard.store.layertar import write_layer_tar
 
-    st = Store(job.root)
+    st = open_store(job.root)
     layer = st.layers.get(job.chain)
     h = hashlib.sha256()
     size = 0

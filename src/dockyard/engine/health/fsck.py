@@ -615,14 +615,14 @@ class Checker:
                     )
 
     def _drop_staged_container(self, cid: str, path: str) -> None:
-        from dockyard.ops.housekeeping import release_container_layers
+        from dockyard.containers.removal import release_container_layers
 
         if not os.path.isdir(self.store.layout.container_dir(cid)):
             release_container_layers(self.store, cid)
         _rmtree(path)
 
     def _finish_container_removal(self, cid: str) -> None:
-        from dockyard.ops.housekeeping import release_container_layers
+        from dockyard.containers.removal import release_container_layers
 
         release_container_layers(self.store, cid)
         _rmtree(self.store.layout.container_dir(cid) + "-removing")
@@ -892,8 +892,8 @@ class Checker:
         diff = info.get("diff")
         if not diff or not os.path.isdir(self.store.driver.diff_path(cache_id)):
             return False
-        from dockyard.sources.store import write_layer_tar
         from dockyard.store.layers import Layer
+        from dockyard.store.layertar import write_layer_tar
 
         try:
             write_layer_tar(self.store, Layer(chain, diff, info.get("parent"), 0, cache_id), lambda b: None)
@@ -1028,7 +1028,7 @@ class Checker:
 
     # ------------------------------------------------------------------ deep
     def check_deep(self) -> None:
-        from dockyard.sources.store import write_layer_tar
+        from dockyard.store.layertar import write_layer_tar
 
         total = len(self.layers)
         for n, (hexid, info) in enumerate(sorted(self.layers.items()), 1):
@@ -1111,10 +1111,8 @@ def _drop_ref(store: Store, repo: str, key: str) -> None:
 
 
 def _release(store: Store, chain: str) -> None:
-    from dockyard.ops.images import release_layers
-
     if store.layers.exists(chain):
-        release_layers(store, chain)
+        store.release_layers(chain)
 
 
 def _unmount(path: str) -> None:

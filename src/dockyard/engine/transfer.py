@@ -19,14 +19,14 @@ from dockyard.image.config import ImageConfig
 from dockyard.image.container_config import container_config
 from dockyard.image.reference import parse_reference
 from dockyard.sources.base import LayerBlob
-from dockyard.sources.store import select_images
 from dockyard.store import Store
 from dockyard.store.atomic import fsync_dir, syncfs
+from dockyard.store.selection import select_images
 
 
 def intact_images(store: Store, warn: Callable[[str], None]) -> list[str]:
     """Every image whose layers all rebuild to their diffIDs (the salvage set of a sick host)."""
-    from dockyard.ops.fsck import Checker
+    from dockyard.engine.health.fsck import Checker
 
     report = Checker(store, deep=True).run()
     out = []

@@ -100,7 +100,7 @@ def remove(mgr: Containers, cid: str, *, force: bool) -> None:
             )
         mgr.kill(cid)
         mgr.wait_stopped(cid, 30)
-    from dockyard.ops.housekeeping import remove_container
+    from dockyard.containers.removal import remove_container
 
     with mgr.store.write_lock():
         if os.path.isdir(mgr.dir(cid)):
@@ -124,13 +124,13 @@ def status_of(cfg: dict[str, Any], running: bool) -> tuple[str, str]:
     st = cfg.get("State") or {}
     if running:
         started = _ns(st.get("StartedAt"))
-        from dockyard.cli.output import human_duration
+        from dockyard.units import human_duration
 
         return "running", "Up " + human_duration(time.time() - started / 1e9)
     if st.get("StartedAt") in (None, "", gojson.ZERO_TIME) and not cfg.get("HasBeenStartedBefore"):
         return "created", "Created"
     fin = _ns(st.get("FinishedAt"))
-    from dockyard.cli.output import human_duration
+    from dockyard.units import human_duration
 
     ago = human_duration(time.time() - fin / 1e9) + " ago" if fin else ""
     return "exited", f"Exited ({st.get('ExitCode', 0)}) {ago}".rstrip()

@@ -1,0 +1,1 @@
+"""Health of a store: fsck (check and repair) and housekeeping (system df, prune)."""
