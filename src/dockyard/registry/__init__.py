@@ -1,9 +1,11 @@
 """Registry HTTP client (Docker Registry HTTP API v2 / OCI distribution), credentials and login.
 
-- :mod:`dockyard.registry.client` -- :class:`RegistryClient` (manifests, blobs, uploads, mounts);
+- :mod:`dockyard.registry.client` -- :class:`RegistryClient` (manifests, blobs, uploads, mounts),
+  built from :mod:`~dockyard.registry.session`, :mod:`~dockyard.registry.manifests`,
+  :mod:`~dockyard.registry.blobs` and :mod:`~dockyard.registry.uploads`;
 - :mod:`dockyard.registry.auth` -- challenges, Basic and Bearer token auth;
 - :mod:`dockyard.registry.credentials` -- docker's ``config.json`` and credential helpers,
-  :func:`login` / :func:`logout`;
+  :func:`logout`; :mod:`dockyard.registry.login` -- :func:`login` (checks, then stores);
 - :mod:`dockyard.registry.transport` -- endpoints (https, certs.d, insecure/loopback http), retry timing;
 - :mod:`dockyard.registry.errors` -- :class:`RegistryError` and its subclasses.
 """
@@ -22,7 +24,6 @@ from dockyard.registry.credentials import (
     Credentials,
     CredentialSource,
     CredentialStore,
-    login,
     logout,
     registry_key,
 )
@@ -35,6 +36,7 @@ from dockyard.registry.errors import (
     RegistryError,
     RegistryNotFound,
 )
+from dockyard.registry.login import login
 from dockyard.registry.transport import RegistryHost, parse_registry
 
 __all__ = [

@@ -16,15 +16,12 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 
 from dockyard.registry.credentials import Credentials
 from dockyard.registry.errors import AuthError
-
-if TYPE_CHECKING:
-    from dockyard.registry.client import RegistryClient
 
 MIN_TOKEN_LIFETIME = 60
 CLIENT_ID = "dockyard"
@@ -110,6 +107,25 @@ def scope_for(repo: str, actions: Sequence[str]) -> str:
     return f"repository:{repo}:{','.join(actions)}"
 
 
+class TokenTransport(Protocol):
+    """What the auth flow needs of the session it serves: its registry's name for messages
+    and a way to send a request to a token server
+    (:class:`~dockyard.registry.session.RegistrySession` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def token_request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Sequence[tuple[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+        data: dict[str, str] | None = None,
+    ) -> httpx.Response: ...
+
+
 @dataclass
 class _Token:
     value: str
@@ -122,7 +138,7 @@ class Authenticator:
     ``challenge`` is set from the ping (``GET /v2/``) or from a later 401.
     """
 
-    def __init__(self, client: RegistryClient, credentials: Credentials | None) -> None:
+    def __init__(self, client: TokenTransport, credentials: Credentials | None) -> None:
         self._client = client
         self.credentials = credentials
         self.challenge: Challenge | None = None
@@ -208,7 +224,7 @@ class Authenticator:
                 form["service"] = ch.service
             if scopes:
                 form["scope"] = " ".join(scopes)
-            resp = self._client._token_request("POST", realm, data=form)
+            resp = self._client.token_request("POST", realm, data=form)
             if resp.status_code != 404:
                 return self._token_from(resp, realm, sent_credentials=True)
             resp.close()
@@ -225,7 +241,7 @@ class Authenticator:
             sent = True
             if offline:
                 params += [("offline_token", "true"), ("client_id", CLIENT_ID)]
-        resp = self._client._token_request("GET", realm, params=params, headers=headers)
+        resp = self._client.token_request("GET", realm, params=params, headers=headers)
         return self._token_from(resp, realm, sent_credentials=sent)
 
     def _token_from(self, resp: httpx.Response, realm: str, *, sent_credentials: bool) -> tuple[str, float]:
@@ -300,4 +316,4 @@ def _token_error_detail(body: bytes) -> str:
     return v if isinstance(v, str) else ""
 
 
-__all__ = ["Authenticator", "Challenge", "parse_challenges", "scope_for"]
+__all__ = ["Authenticator", "Challenge", "TokenTransport", "parse_challenges", "scope_for"]

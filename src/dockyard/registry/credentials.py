@@ -14,7 +14,7 @@ program ``docker-credential-<name>``: ``get`` reads the server URL on stdin and 
 ``{"ServerURL", "Username", "Secret"}`` (``Username`` ``<token>`` means ``Secret`` is an identity
 token); ``store`` reads that JSON; ``erase`` reads the server URL.
 
-Writing (:func:`login`, :meth:`CredentialStore.store`, :meth:`CredentialStore.erase`) keeps every
+Writing (:func:`~dockyard.registry.login.login`, :meth:`CredentialStore.store`, :meth:`CredentialStore.erase`) keeps every
 other key of the file, writes ``{"auth": base64("user:pass")}`` (plus ``identitytoken`` when the
 registry gave one) as Go's ``json.MarshalIndent(..., "", "\\t")`` would, atomically
 (temp file + rename, following a symlinked config.json) with mode 0600. With a helper configured
@@ -27,7 +27,7 @@ API::
 
     Credentials(username="", password="", identity_token="")
     CredentialStore(config_dir=None)        .get(registry) / .store(registry, creds) / .erase(registry)
-    login(registry, username, password, *, store=None, **client_options) -> str   # the key stored
+    # login(registry, username, password, ...) is in dockyard.registry.login (it uses the client)
     logout(registry, *, store=None) -> bool                                        # was logged in
     registry_key(registry) -> str
 """
@@ -399,37 +399,7 @@ def _with_auths(cfg: Mapping[str, Any], auths: dict[str, Any]) -> dict[str, Any]
     return {"auths": sorted_auths, **cfg}
 
 
-# ----------------------------------------------------------------------------------- login / logout
-def login(
-    registry: str,
-    username: str,
-    password: str,
-    *,
-    store: CredentialStore | None = None,
-    **client_options: Any,
-) -> str:
-    """Check ``username``/``password`` against ``registry`` (``GET /v2/`` with the challenge
-    flow), then save them like ``docker login``. Returns the key they were stored under.
-
-    ``client_options`` go to :class:`~dockyard.registry.client.RegistryClient`
-    (``insecure_registries``, ``certs_dir``, ``timeout``, ...). When the token server hands out a
-    refresh token, that identity token is stored instead of the password (as docker does).
-    """
-    from dockyard.registry.client import RegistryClient
-
-    if store is None:
-        store = CredentialStore()
-    creds = Credentials(username, password)
-    client = RegistryClient(registry, credentials=creds, **client_options)
-    try:
-        identity_token = client.check_login()
-    finally:
-        client.close()
-    if identity_token:
-        creds = Credentials(username, "", identity_token)
-    return store.store(registry, creds)
-
-
+# ----------------------------------------------------------------------------------- logout
 def logout(registry: str, *, store: CredentialStore | None = None) -> bool:
     """Forget the credentials of ``registry``; False when none were stored ("Not logged in")."""
     if store is None:
