@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _fixtures_present() -> None:
-    """Overrides conftest's: this module needs neither the fixtures nor root."""
+pytestmark = pytest.mark.unit  # needs neither root nor the fixture tree
 
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "dockyard"
