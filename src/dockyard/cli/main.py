@@ -77,6 +77,7 @@ COMMAND_MODULES: dict[str, str] = {
     **dict.fromkeys(["pull", "push", "login", "logout"], "commands_registry"),
     **dict.fromkeys(["fsck", "system", "image", "container"], "commands_system"),
     "demo": "commands_demo",
+    "fs": "commands_fs",
     "update": "commands_confine",
 }
 

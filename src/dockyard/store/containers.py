@@ -57,3 +57,26 @@ class ContainerStore:
             if c is not None:
                 out.append(c)
         return out
+
+
+@dataclass(frozen=True)
+class MountRecord:
+    """``layerdb/mounts/<id>/``: the container's RW layer, its ``-init`` layer and image top layer."""
+
+    mount_id: str
+    init_id: str
+    parent: str | None
+
+
+def read_mount_record(layout: Layout, container_id: str) -> MountRecord:
+    d = layout.mount_dir(container_id)
+    vals: dict[str, str] = {}
+    for key in ("mount-id", "init-id", "parent"):
+        try:
+            with open(os.path.join(d, key), "rb") as f:
+                vals[key] = f.read().decode("utf-8", "replace").strip()
+        except FileNotFoundError:
+            vals[key] = ""
+    if not is_hex64(vals["mount-id"]):
+        raise ValueError(f"{d}/mount-id is missing or invalid")
+    return MountRecord(vals["mount-id"], vals["init-id"], vals["parent"] or None)
