@@ -39,7 +39,9 @@ UTILITY = len(LAYERS)
 
 # Modules allowed over MAX_LINES, each with its reason.
 MAX_LINES = 800
-LONG_MODULES: dict[str, str] = {}
+LONG_MODULES: dict[str, str] = {
+    "gotemplate.py": "Go's text/template with the fmt printing it needs, one module as issue 18 asks",
+}
 
 # The only module that mounts (libc mount(2), or the mount binary).
 MOUNTER = "drivers/overlay2.py"
