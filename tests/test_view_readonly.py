@@ -91,3 +91,22 @@ def test_every_fs_command_works_read_only(ro_root):
     for w in whiteouts:
         assert run_dy("fs", "stat", "fx-writer", "/" + w, root=ro, check=False).returncode == 1
     assert not (ro / ".dockyard.lock").exists()
+
+
+def test_explain_container_read_only_matches_oracle(ro_root):
+    ro, _ = ro_root
+    for c in oracle("dataroot-docker20")["containers"]:
+        info = json.loads(run_dy("explain", "--format", "json", c["name"].lstrip("/"), root=ro).stdout)
+        files = c["layerdb_mounts_files"]
+        assert info["id"] == c["id"]
+        assert info["parent"] == c["mount_parent"]
+        assert info["init_id"] == info["mount_id"] + "-init"
+        assert all("chain_id" in lw or lw.get("layer") == "init" for lw in info["lowers"]), info["lowers"]
+        assert len(info["lowers"]) == c["rw_layer_lower_count"]
+        assert {f["path"].split("/")[0] for f in info["container_files"]} <= set(c["containers_dir_files"]) | {
+            "checkpoints", "mounts"}
+        assert "mount-id" in files
+        vols = [m for m in info["mounts"] if m["type"] == "volume"]
+        assert len(vols) == len([m for m in c["mounts"] if m.get("Type") == "volume"])
+        assert "lowerdir=" in info["mount_options"] and "upperdir=" in info["mount_options"]
+        assert run_dy("explain", c["name"].lstrip("/"), root=ro).stdout.startswith("Container ")

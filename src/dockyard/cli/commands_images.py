@@ -297,14 +297,23 @@ def rmi(ctx: Context, names: tuple[str, ...], force: bool, no_prune: bool) -> No
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @pass_ctx
 def explain(ctx: Context, name: str, fmt: str) -> None:
-    """Show how an image's IDs relate: blob digest -> diffID -> chainID -> cache-id -> files."""
+    """Show how an image's IDs relate (blob digest -> diffID -> chainID -> cache-id -> files), or a
+    container's layers, mount options, files and mounts."""
+    import json
+
     from dockyard.cli.explain import print_explain
     from dockyard.engine.images import explain as explain_image
+    from dockyard.view.targets import find_container
 
+    cid = find_container(ctx.store, name)
+    if cid is not None:
+        from dockyard.view.explain import explain_container, render
+
+        cinfo = explain_container(ctx.store, cid)
+        click.echo(json.dumps(cinfo, indent=2) if fmt == "json" else "\n".join(render(cinfo)))
+        return
     info = explain_image(ctx.store, ctx.store.resolve_image(name))
     if fmt == "json":
-        import json
-
         click.echo(json.dumps(info, indent=2))
         return
     print_explain(info, ctx.root)

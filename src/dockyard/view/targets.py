@@ -33,14 +33,14 @@ class Target:
 
 def resolve_target(store: Store, ref: str) -> Target:
     """docker's order for ``export``/``inspect``-like lookups: a container first, then an image."""
-    cid = _find_container(store, ref)
+    cid = find_container(store, ref)
     if cid is not None:
         return container_target(store, cid)
     image_id = store.resolve_image(ref)
     return image_target(store, image_id)
 
 
-def _find_container(store: Store, ref: str) -> str | None:
+def find_container(store: Store, ref: str) -> str | None:
     ids = store.containers.ids()
     if ref in ids:
         return ref
