@@ -338,3 +338,40 @@ def test_limits_in_the_cgroup_and_a_fork_bomb_stops(pair):
     while cl.leftovers(pair.dy.root, pair.dy.exec_root) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not cl.leftovers(pair.dy.root, pair.dy.exec_root)
+
+
+# update -----------------------------------------------------------------------------------------------------------
+CG_FILES = ("memory/{p}/memory.limit_in_bytes", "memory/{p}/memory.memsw.limit_in_bytes", "pids/{p}/pids.max",
+            "cpu/{p}/cpu.cfs_quota_us", "cpu/{p}/cpu.shares")
+
+
+def _cgroup_values(prefix: str, cid: str) -> dict[str, str]:
+    out = {}
+    for f in CG_FILES:
+        p = Path("/sys/fs/cgroup") / f.format(p=f"{prefix}/{cid}")
+        if p.exists():
+            out[f.format(p="X")] = p.read_text().strip()
+    return out
+
+
+def test_update_as_docker(pair):
+    if not Path("/sys/fs/cgroup/memory").is_dir():
+        pytest.skip("the cgroup v1 paths this test reads are absent (cgroup v2 host)")
+    run = ["run", "-d", "--network", "none", "--memory", "64m", "--pids-limit", "20", cl.EDGE_REF, "sleep", "600"]
+    upd = ["--memory", "100m", "--memory-swap", "200m", "--pids-limit", "30", "--cpus", "0.5", "--cpu-shares", "256"]
+    dk_id = pair.d.docker(*run).stdout.strip()
+    dy_id = pair.dy(*run).stdout.strip()
+    try:
+        dk = pair.d.docker("update", *upd, dk_id)
+        dy = pair.dy("update", *upd, dy_id)
+        assert dy.stdout == dk.stdout.replace(dk_id, dy_id)
+        assert _cgroup_values("dockyard", dy_id) == _cgroup_values("docker", dk_id) != {}
+        hk = _hostconfig(Path(pair.d.data_root), dk_id)
+        hy = _hostconfig(pair.dy.root, dy_id)
+        for k in ("Memory", "MemorySwap", "PidsLimit", "NanoCpus", "CpuShares"):
+            assert hy[k] == hk[k], k
+        bad = pair.dy("update", "--memory", "300m", dy_id, check=False)
+        assert bad.returncode != 0 and "memoryswap" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    finally:
+        pair.d.docker("rm", "-f", dk_id, check=False)
+        pair.dy("rm", "-f", dy_id, check=False)
