@@ -32,6 +32,7 @@ from dockyard.errors import DockyardError, InvalidInput
 
 DEFAULT_MOUNTS = ("/proc", "/dev", "/dev/pts", "/sys", "/sys/fs/cgroup", "/dev/mqueue", "/dev/shm")
 INIT_PATH = "/sbin/docker-init"
+NETWORK_FILES = ("/etc/resolv.conf", "/etc/hostname", "/etc/hosts")
 INIT_BINARIES = ("docker-init", "tini")
 _HOST_DEV_SKIP = {"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"}
 
@@ -124,10 +125,13 @@ def check(hc: dict[str, Any]) -> None:
         if t != "tmpfs":
             raise Refused(f"hostconfig Mounts: a mount of type {t!r} is not supported yet (use -v)")
     parse_security_opts(hc)
+    for k in ("CapAdd", "CapDrop"):
+        try:
+            capabilities.normalize(hc.get(k))
+        except InvalidInput as e:
+            raise Refused(f"hostconfig {k}: {e}") from None
     try:
         resources.verify(hc)
-        capabilities.normalize(hc.get("CapAdd"))
-        capabilities.normalize(hc.get("CapDrop"))
         for r in hc.get("DeviceCgroupRules") or []:
             _cgroup_rule(str(r))
         resources.rlimits(hc.get("Ulimits"))
@@ -445,6 +449,10 @@ def apply(spec: dict[str, Any], hc: dict[str, Any], cfg: dict[str, Any], cid: st
     user.sort(key=lambda m: len([p for p in m["destination"].split("/") if p]))
     mounts[:] = kept + user
     if hc.get("ReadonlyRootfs"):
+        for m in mounts:  # the container's own hostname/hosts/resolv.conf are read-only too (NetworkMounts)
+            own = os.path.basename(os.path.dirname(str(m.get("source") or ""))) == cid
+            if own and m["destination"] in NETWORK_FILES and m["type"] == "bind" and "ro" not in m["options"]:
+                m["options"].insert(1 if m["options"][:1] == ["rbind"] else 0, "ro")
         for m in mounts:
             if m["destination"] in ("/proc", "/dev/pts", "/dev/shm", "/dev/mqueue", "/dev"):
                 continue
