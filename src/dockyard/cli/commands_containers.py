@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from dockyard.cli.flags_confine import confine_options, pop_confine_flags
 from dockyard.cli.main import Context, cli, pass_ctx
 
 
@@ -84,11 +85,13 @@ def _create_options(image: str, command: tuple[str, ...], kw: dict[str, Any]) ->
         read_only=kw["read_only"],
         labels=labels,
         image_name=image,
+        confine=pop_confine_flags(kw),
     )
 
 
 @cli.command(context_settings={"allow_interspersed_args": False, "help_option_names": ["--help"]})
 @_run_options
+@confine_options
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_ctx
@@ -101,6 +104,7 @@ def create(ctx: Context, /, image: str, command: tuple[str, ...], **kw: Any) -> 
 
 @cli.command(context_settings={"allow_interspersed_args": False, "help_option_names": ["--help"]})
 @_run_options
+@confine_options
 @click.option("-d", "--detach", is_flag=True, help="Run container in background and print container ID.")
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     pass
 
-from dockyard.containers import initlayer, model
+from dockyard.containers import hostflags, initlayer, model
+from dockyard.containers.hostflags import ConfineFlags
 from dockyard.containers.names import random_name
 from dockyard.containers.reaper import ContainerReaper
 from dockyard.containers.records import NAME_RE, now
@@ -37,6 +38,7 @@ class CreateOptions:
     read_only: bool = False
     labels: dict[str, str] = field(default_factory=dict)
     image_name: str = ""
+    confine: ConfineFlags = field(default_factory=ConfineFlags)  # --cap-add, --memory, ... (hostflags)
 
 
 def parse_bind(spec: str) -> tuple[str, str, bool]:
@@ -75,6 +77,8 @@ class ContainerCreator(ContainerReaper):
             )
         for b in opts.binds:
             parse_bind(b)
+        # confinement flags -> hostconfig fields as dockerd records them; validated before anything is made
+        confine_hc, confine_rec, tmpfs_points = hostflags.host_fields(opts.confine)
         cid = random_id()
         merged["Hostname"] = opts.hostname or (cid[:12] if opts.network != "host" else os.uname().nodename)
         merged["Image"] = opts.image_name or image
@@ -116,6 +120,7 @@ class ContainerCreator(ContainerReaper):
             for b in opts.binds:
                 src, dst, rw = parse_bind(b)
                 mounts[dst] = model.mount_point(src, dst, rw)
+            mounts.update(tmpfs_points)
             record = model.container_record(
                 container_id=cid,
                 created=now(),
@@ -134,6 +139,8 @@ class ContainerCreator(ContainerReaper):
                 auto_remove=opts.auto_remove,
                 read_only=opts.read_only,
             )
+            hc = hostflags.order({**hc, **confine_hc})
+            record.update(confine_rec)
             self._write_container_dir(cid, record, hc)
         return cid
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 from dockyard import gojson
 from dockyard.archive.fsutil import RootDir
-from dockyard.containers import model
+from dockyard.containers import confine, model
 from dockyard.containers.create import parse_bind
 from dockyard.containers.logs import JsonFileWriter
 from dockyard.containers.reaper import _kill_quiet
@@ -92,6 +92,7 @@ class ContainerRunner(ContainerRecords):
         hc = self.hostconfig(cid)
         cdir = self.dir(cid)
         mid = self.mount_id(cid)
+        confine.check(hc)  # refuse what cannot be enforced before anything is mounted
         rootfs = st.driver.get(mid)
         c = cfg["Config"]
         hostname = c.get("Hostname") or cid[:12]
@@ -145,6 +146,7 @@ class ContainerRunner(ContainerRecords):
             binds=binds,
             cgroups_path=f"/dockyard/{cid}",
         )
+        confine.apply(spec, hc, cfg, cid, parent="dockyard")  # dockerd's confinement, or a refusal
         bundle = os.path.join(self.exec_root, cid)
         os.makedirs(bundle, mode=0o711, exist_ok=True)
         atomic_write(
