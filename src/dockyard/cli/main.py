@@ -78,6 +78,7 @@ COMMAND_MODULES: dict[str, str] = {
     **dict.fromkeys(["fsck", "system", "image", "container"], "commands_system"),
     "demo": "commands_demo",
     "fs": "commands_fs",
+    **dict.fromkeys(["exec"], "commands_exec"),
     "update": "commands_confine",
 }
 

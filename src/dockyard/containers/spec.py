@@ -11,6 +11,7 @@ mount, network (unless ``--network host``), uts, pid, ipc.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,12 +63,23 @@ class User:
     home: str = "/"
 
 
+_MAX_ACCOUNT_FILE = 4 << 20
+
+
 def _read_rootfs_file(rootfs: str, rel: str) -> str | None:
+    """A small regular file of the container (passwd, group), read fd-relative: no symlink on
+    the way, O_NONBLOCK (a FIFO planted there cannot block us), regular files only, size-capped."""
     try:
         with RootDir(rootfs) as rd:
-            fd = rd.open_file(rel.encode())
+            parent, _, base = rel.encode().rpartition(b"/")
+            fd = os.open(
+                base, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=rd.dirfd(parent)
+            )
         with os.fdopen(fd, "rb") as f:
-            return f.read(4 << 20).decode("utf-8", "replace")
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_ACCOUNT_FILE:
+                return None
+            return f.read(_MAX_ACCOUNT_FILE).decode("utf-8", "replace")
     except Exception:
         return None
 
@@ -101,10 +113,12 @@ def resolve_user(rootfs: str, spec: str) -> User:
             gid = int(g)
         else:
             raise DockyardError(f"unable to find group {g}: no matching entries in group file")
-    extra = []
-    if name:
+    # dockerd's getUser: the primary gid first, then (only when no group was named) the groups
+    # that list the matched user name (libcontainer's Sgids)
+    extra = [gid]
+    if name and not g:
         for x in groups:
-            if len(x) >= 4 and name in x[3].split(",") and x[2].isdigit() and int(x[2]) != gid:
+            if len(x) >= 4 and name in x[3].split(",") and x[2].isdigit():
                 extra.append(int(x[2]))
     return User(uid, gid, extra, home)
 
