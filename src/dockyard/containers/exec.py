@@ -116,7 +116,7 @@ def run_exec(mgr: Containers, cid: str, opts: ExecOptions) -> int:
     if not opts.cmd:
         raise DockyardError("No exec command specified")
     proc = build_process(cfg, _bundle_spec(mgr, cid), opts)
-    from dockyard.containers.lifecycle import _console_socket, tempfile_dir
+    from dockyard.containers.monitor import _console_socket, tempfile_dir
 
     tmp = tempfile_dir()
     try:
@@ -221,7 +221,7 @@ def _kill(pid: int, sig: int) -> None:
 def _run_tty(mgr: Containers, args: list[str], sock: Any, pid_file: str, opts: ExecOptions) -> int:
     """``-t``: copy between the pty master and our stdio until the process ends; ``-d -t``: a
     detached drainer keeps reading the master (docker discards a detached exec's output)."""
-    from dockyard.containers.lifecycle import _recv_fd, _set_subreaper
+    from dockyard.containers.monitor import _recv_fd, _set_subreaper
 
     if not opts.detach:
         _set_subreaper()
