@@ -142,7 +142,7 @@ def run_killed(root: os.PathLike | str, *args: Any, crash_at: int | None = None,
         out, err = p.communicate()
         raise AssertionError("dockyard %s hung (> %ss)" % (" ".join(map(str, args)), timeout)) from None
     stragglers: list[int] = []
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 60  # generous: the group normally goes at once; stragglers fail the test
     while True:
         left = group_pids(p.pid)
         if not left:

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import stat
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -267,15 +266,16 @@ HUGE = [
 @pytest.mark.parametrize("data", HUGE)
 def test_huge_sizes_fail_fast_without_allocating(tmp_path: Path, data: bytes) -> None:
     tracemalloc.start()
-    t0 = time.monotonic()
     try:
         with pytest.raises(LayerError):
             apply_bytes(data + bytes(4096), tmp_path / "d")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert time.monotonic() - t0 < 5
     assert peak < 64 << 20, f"peak allocation {peak} bytes"
+    # nothing was written for the claimed payload (the stream holds 4 KiB after the header)
+    big = [p for p in (tmp_path / "d").rglob("*") if p.is_file() and p.stat().st_size > len(data) + 4096]
+    assert not big, big
 
 
 def test_huge_size_on_header_only_type_is_ignored(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -657,7 +658,7 @@ def test_math_helpers_match_oracle():
 
 # ------------------------------------------------------------------------------------------------ lazy commands
 def _python(code: str) -> str:
-    r = subprocess.run(["python", "-c", code], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return r.stdout
 
