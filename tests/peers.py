@@ -884,3 +884,28 @@ def flatten_hardlinks(listing: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     e[k] = t[k]
         out.append(e)
     return out
+
+
+# --------------------------------------------------------------------------------------------- networking
+DOCKER0_LOCK = "/tmp/dockyard-tests-docker0.lock"
+
+
+@contextlib.contextmanager
+def docker0_lock() -> Any:
+    """Hold flock(/tmp/dockyard-tests-docker0.lock) for a test that uses docker0 / 172.17.0.0/16 or starts a
+    dockerd with its bridge enabled (wrap it in a fixture; every such test serialises on it)."""
+    import fcntl
+
+    fd = os.open(DOCKER0_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def iptables_lines() -> list[str]:
+    """iptables-save's rule and chain lines (counters stripped), for leak checks by the test's own names."""
+    out = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    return [ln.split(" [", 1)[0] if ln.startswith(":") else ln for ln in out.splitlines()
+            if ln and not ln.startswith("#")]
