@@ -1,8 +1,6 @@
-"""``dockyard demo``: the offline main job -- import a small rootfs, list it, explain it."""
+"""``dockyard demo``: the seed's walkthrough on real data (engine.demo), rendered with rich."""
 
 from __future__ import annotations
-
-import io
 
 import click
 
@@ -10,24 +8,34 @@ from dockyard.cli.main import Context, cli, pass_ctx
 
 
 @cli.command()
-@click.option("--name", default="dockyard-demo:latest", show_default=True, help="Tag for the demo image.")
+@click.option("--keep", is_flag=True, help="Leave the container running (and everything else) for exploring.")
 @pass_ctx
-def demo(ctx: Context, name: str) -> None:
-    """Import a tiny built-in rootfs as an image, then list and explain it."""
-    from dockyard.cli import commands_images
-    from dockyard.engine.demo import demo_rootfs
-    from dockyard.engine.transfer import import_image
+def demo(ctx: Context, keep: bool) -> None:
+    """Build and load a small multi-layer image, then run, diff and commit a container from it,
+    showing each file and ID on disk (paths are relative to the data-root)."""
+    from rich.console import Console
+    from rich.panel import Panel
+    from rich.table import Table
 
-    image_id = import_image(
-        ctx.store,
-        "demo-rootfs.tar",
-        name,
-        changes=['CMD ["/bin/sh"]'],
-        message="dockyard demo rootfs",
-        stream=io.BytesIO(demo_rootfs()),
-    )
-    click.echo(f"Imported {name} as {image_id}\n")
-    click.echo(f"$ dockyard --data-root {ctx.root} images")
-    click.get_current_context().invoke(commands_images.images)
-    click.echo(f"\n$ dockyard --data-root {ctx.root} explain {name}")
-    click.get_current_context().invoke(commands_images.explain, name=name, fmt="table")
+    from dockyard.engine.demo import Section, run_demo
+
+    console = Console(soft_wrap=False, width=max(Console().width, 120))
+    console.print(f"[bold]dockyard demo[/bold] on data-root {ctx.root}\n")
+
+    def emit(sec: Section) -> None:
+        console.rule(f"[bold]{sec.title}")
+        if sec.skipped:
+            console.print(Panel(f"skipped: {sec.skipped}", style="yellow"))
+            return
+        for line in sec.lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        for header, rows in sec.tables:
+            t = Table(show_lines=False)
+            for h in header:
+                t.add_column(h, overflow="fold")
+            for r in rows:
+                t.add_row(*r)
+            console.print(t)
+        console.print()
+
+    run_demo(ctx.store, emit, keep=keep, exec_root=ctx.exec_root, runtime=ctx.runtime)
