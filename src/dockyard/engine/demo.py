@@ -21,7 +21,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
+from dockyard.errors import DockyardError
 from dockyard.store import Store
 
 MTIME = 1700000000
@@ -87,10 +89,11 @@ def _add_dirs(tf: tarfile.TarFile, names: list[str], done: set[str]) -> None:
                 tf.addfile(ti)
 
 
-def _layer_tar(files: dict[str, bytes | str], extra_dirs: dict[str, int] | None = None) -> bytes:
-    """A tar of ``files`` (bytes = content, str = path of a host file to copy in)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+def _layer_tar(
+    out: BinaryIO, files: dict[str, bytes | str], extra_dirs: dict[str, int] | None = None
+) -> None:
+    """Write a tar of ``files`` (bytes = content, str = path of a host file to copy in) to ``out``."""
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
         done: set[str] = set()
         for d, mode in sorted((extra_dirs or {}).items()):
             done.add(d)
@@ -110,7 +113,6 @@ def _layer_tar(files: dict[str, bytes | str], extra_dirs: dict[str, int] | None 
                 ti.size = len(data)
                 ti.mode = 0o644
                 tf.addfile(ti, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def _host_binaries() -> tuple[dict[str, bytes | str], str | None]:
@@ -136,10 +138,10 @@ def _host_binaries() -> tuple[dict[str, bytes | str], str | None]:
 def build_layout(dest: str) -> tuple[str | None, list[str]]:
     """Write an OCI image layout with gzip layers to ``dest``; returns (skip reason, blob digests)."""
     binaries, why = _host_binaries()
-    layers = [
-        _layer_tar(dict(BASE_FILES), {"tmp": 0o1777, "root": 0o700, "data": 0o755}),
-        *([_layer_tar(binaries)] if binaries else []),
-        _layer_tar(dict(APP_FILES)),
+    layers: list[tuple[dict[str, bytes | str], dict[str, int] | None]] = [
+        (dict(BASE_FILES), {"tmp": 0o1777, "root": 0o700, "data": 0o755}),
+        *([(binaries, None)] if binaries else []),
+        (dict(APP_FILES), None),
     ]
     blobs = os.path.join(dest, "blobs", "sha256")
     os.makedirs(blobs, exist_ok=True)
@@ -151,11 +153,31 @@ def build_layout(dest: str) -> tuple[str | None, list[str]]:
         return "sha256:" + d
 
     descs, diff_ids = [], []
-    for raw in layers:
-        gz = gzip.compress(raw, mtime=0)
-        diff_ids.append("sha256:" + hashlib.sha256(raw).hexdigest())
+    for files, dirs in layers:  # streamed through temp files: tar -> sha256 (diffID) + gzip -> blob
+        with (
+            tempfile.TemporaryFile(dir=dest) as raw,
+            tempfile.NamedTemporaryFile(dir=dest, delete=False) as blob,
+        ):
+            _layer_tar(raw, files, dirs)
+            raw.seek(0)
+            tar_hash = hashlib.sha256()
+            with gzip.GzipFile(filename="", fileobj=blob, mode="wb", mtime=0) as gz:
+                while chunk := raw.read(1 << 20):
+                    tar_hash.update(chunk)
+                    gz.write(chunk)
+            size = blob.tell()
+        blob_hash = hashlib.sha256()
+        with open(blob.name, "rb") as fb:
+            while chunk := fb.read(1 << 20):
+                blob_hash.update(chunk)
+        os.rename(blob.name, os.path.join(blobs, blob_hash.hexdigest()))
+        diff_ids.append("sha256:" + tar_hash.hexdigest())
         descs.append(
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": put(gz), "size": len(gz)}
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": "sha256:" + blob_hash.hexdigest(),
+                "size": size,
+            }
         )
     created = "2023-11-14T22:13:20Z"
     history = [
@@ -290,7 +312,7 @@ def run_demo(
         Section(
             "1. An image with real layers",
             [
-                f"Built an OCI image layout with {len(rows)} gzip layers in memory and loaded it as {IMAGE}.",
+                f"Built an OCI image layout with {len(rows)} gzip layers and loaded it as {IMAGE}.",
                 f"Image ID = sha256 of its config: {res.image_id}",
                 f"config: {_rel(store, lay.image_config(res.image_id))}",
                 *([f"(no binaries layer: {why_no_bin})"] if why_no_bin else []),
@@ -352,12 +374,16 @@ def run_demo(
     elif why_no_bin:
         why = why_no_bin
     elif not any(shutil.which(r) for r in ([runtime] if runtime else ["runc", "crun"])):
-        why = "no OCI runtime (runc or crun) is installed"
+        why = (
+            f"the OCI runtime {runtime!r} is not installed"
+            if runtime
+            else "no OCI runtime (runc or crun) is installed"
+        )
     else:
         why = ""
     if why:
         res.skipped.append(why)
-        emit(Section("3-6. A container, its layers, diff and commit", skipped=why))
+        emit(Section("3-7. A container, its layers, diff and commit", skipped=why))
         return res
     _container_part(store, res, emit, keep=keep, exec_root=exec_root, runtime=runtime)
     return res
@@ -387,7 +413,16 @@ def _container_part(
     opts = CreateOptions(
         name=CONTAINER, cmd=["/bin/sh", "-c", script], binds=[f"{bind}:/data"], network="none"
     )
-    cid, _ = ops.run(mgr, IMAGE, opts, detach=True)
+    try:
+        cid, _ = ops.run(mgr, IMAGE, opts, detach=True)
+    except DockyardError as e:  # e.g. the runtime cannot run here: say so, leave nothing behind
+        why = f"the container could not start with {rt}: {e}"
+        res.skipped.append(why)
+        for c in _existing(mgr):
+            ops.remove(mgr, c, force=True)
+        shutil.rmtree(bind, ignore_errors=True)
+        emit(Section("3-7. A container, its layers, diff and commit", skipped=why))
+        return
     res.container_id = cid
     try:
         _wait_changed(mgr, cid)
