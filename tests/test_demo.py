@@ -176,3 +176,11 @@ def test_demo_unprivileged_shows_the_image_and_says_why() -> None:
         assert not (work / "dr/containers").exists() or not list((work / "dr/containers").iterdir())
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_demo_with_a_missing_runtime_says_so_and_leaves_no_container(data_root: Path) -> None:
+    require_root("demo's container part")
+    p = run_dy("--runtime", "dockyard-no-such-runtime", "demo", root=data_root, timeout=300)
+    assert "skipped: the OCI runtime 'dockyard-no-such-runtime' is not installed" in p.stdout
+    assert len(_demo_image(data_root, "latest")["rootfs"]["diff_ids"]) == 3
+    assert not (data_root / "containers").exists() or list((data_root / "containers").iterdir()) == []
