@@ -123,7 +123,12 @@ class RootDir:
         """Open a regular file below the root for reading (no symlink anywhere)."""
         parent, _, base = rel.rpartition(b"/")
         pfd = self.dirfd(parent)
-        return os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=pfd)
+        # O_NONBLOCK: a FIFO or a device planted where a file was expected never blocks us
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise PathEscape(rel, "not a regular file; refusing to read it")
+        return fd
 
 
 def remove_tree_at(dir_fd: int, name: bytes) -> None:

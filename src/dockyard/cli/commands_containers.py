@@ -435,71 +435,92 @@ def export(ctx: Context, container: str, output: str | None) -> None:
 @cli.command()
 @click.argument("src")
 @click.argument("dest")
+@click.option("-a", "--archive", is_flag=True, help="Archive mode (copy all uid/gid information).")
 @pass_ctx
-def cp(ctx: Context, src: str, dest: str) -> None:
+def cp(ctx: Context, src: str, dest: str, archive: bool) -> None:
     """Copy files between a container and the local filesystem (CONTAINER:PATH HOSTPATH|-, or the reverse)."""
     import os
 
     from dockyard.engine.containers import copy_from, copy_to
-    from dockyard.errors import InvalidInput
+    from dockyard.errors import InvalidInput, NotFound
 
     mgr = _mgr(ctx)
     if ":" in src and not os.path.exists(src):
         cref, _, path = src.partition(":")
         cid = mgr.resolve(cref)
-        if dest == "-":
-            copy_from(mgr, cid, path, sys.stdout.buffer.write)
-            sys.stdout.buffer.flush()
-            return
-        _extract_to_host(mgr, cid, path, dest)
+        from dockyard.archive.fsutil import PathEscape
+
+        try:
+            if dest == "-":
+                copy_from(mgr, cid, path, sys.stdout.buffer.write)
+                sys.stdout.buffer.flush()
+                return
+            _extract_to_host(mgr, cid, path, dest, keep_owner=archive)
+        except PathEscape as e:
+            raise InvalidInput(f"cannot copy {path}: {e.reason.split(';')[0]} in the path") from None
+        except FileNotFoundError:
+            raise NotFound(f"Could not find the file {path} in container {cref}") from None
         return
     if ":" in dest:
+        from dockyard.archive.fsutil import PathEscape
+
         cref, _, path = dest.partition(":")
-        copy_to(mgr, mgr.resolve(cref), src, path)
+        try:
+            copy_to(mgr, mgr.resolve(cref), src, path)
+        except PathEscape as e:
+            raise InvalidInput(f"cannot copy to {path}: {e.reason.split(';')[0]} in the path") from None
         return
     raise InvalidInput("must specify at least one container source (CONTAINER:PATH)")
 
 
-def _extract_to_host(mgr: Any, cid: str, path: str, dest: str) -> None:
-    """Unpack what the container holds at ``path`` to ``dest`` with dockyard's own safe extractor
-    (into a fresh dir next to the destination, then renamed into place)."""
+def _extract_to_host(mgr: Any, cid: str, path: str, dest: str, *, keep_owner: bool = False) -> None:
+    """Unpack what the container holds at ``path`` to ``dest``: extracted into a private staging
+    dir, made safe (:func:`dockyard.archive.hostwrite.sanitize`) and moved into place without
+    following anything in the destination (:func:`dockyard.archive.hostwrite.place`)."""
     import os
+    import shutil
     import tempfile
 
     from dockyard.archive.apply import apply_layer
+    from dockyard.archive.hostwrite import place, sanitize
     from dockyard.engine.containers import copy_from
     from dockyard.errors import InvalidInput
 
     if os.path.isdir(dest):
-        parent, name = dest, os.path.basename(os.path.normpath(path)) or "root"
+        parent, name = dest, os.path.basename(os.path.normpath("/" + path)) or "root"
     else:
+        if dest.endswith("/"):
+            raise InvalidInput(f"destination directory {dest} does not exist")
         parent, name = os.path.dirname(os.path.abspath(dest)) or ".", os.path.basename(dest)
     if not os.path.isdir(parent):
         raise InvalidInput(f"destination directory {parent} does not exist")
     tmp = tempfile.mkdtemp(prefix=".dockyard-cp-", dir=parent)
     try:
-        with tempfile.TemporaryFile(dir=parent) as spool:
+        with tempfile.TemporaryFile(dir=tmp) as spool:
             copy_from(mgr, cid, path, spool.write)
             spool.seek(0)
             apply_layer(spool.read, tmp, None)
-        entries = os.listdir(tmp)
-        if len(entries) != 1:
-            raise InvalidInput(f"{path}: nothing to copy")
-        target = os.path.join(parent, name)
-        if (
-            os.path.isdir(target)
-            and not os.path.islink(target)
-            and os.path.isdir(os.path.join(tmp, entries[0]))
-        ):
-            # merge into an existing directory, as docker cp does
-            import shutil
-
-            shutil.copytree(os.path.join(tmp, entries[0]), target, symlinks=True, dirs_exist_ok=True)
-        else:
-            os.replace(os.path.join(tmp, entries[0]), target)
+        tfd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            entries = sorted(os.listdir(tfd))
+            if len(entries) != 1:
+                raise InvalidInput(f"{path}: nothing to copy")
+            sanitize(tfd, keep_owner=keep_owner)
+            pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                place(
+                    tfd,
+                    os.fsencode(entries[0]),
+                    pfd,
+                    os.fsencode(name),
+                    dst_path=os.path.join(parent, name),
+                    extract_dir=parent,
+                )
+            finally:
+                os.close(pfd)
+        finally:
+            os.close(tfd)
     finally:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
 
 
