@@ -523,6 +523,11 @@ def _container_part(
                     "Kept for exploring",
                     [
                         f"container {CONTAINER} ({cid[:12]}) is running; bind dir {bind}",
+                        "explore it with, for example:",
+                        f"  dockyard --data-root {store.root} explain {CONTAINER}",
+                        f"  dockyard --data-root {store.root} explain {COMMITTED}",
+                        f"  ls {os.path.join(lay.driver_dir(mgr.mount_id(cid)), 'merged')}",
+                        f"  grep {lay.overlay2} /proc/mounts",
                         f"remove it with: dockyard --data-root {store.root} rm -f {CONTAINER}",
                     ],
                 )
