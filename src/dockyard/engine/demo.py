@@ -406,7 +406,7 @@ def _container_part(
     mgr = Containers(store, exec_root=exec_root, runtime=rt)
     for c in _existing(mgr):
         ops.remove(mgr, c, force=True)
-    bind = tempfile.mkdtemp(prefix="dockyard-demo-bind-")
+    bind = tempfile.mkdtemp(prefix="demo-bind-", dir=lay.tmp)  # removed with the data-root
     with open(os.path.join(bind, "from-the-host.txt"), "w") as f:
         f.write("written on the host, visible in the container at /data\n")
     script = f"echo '{CHANGED}' > /etc/motd; cat /data/from-the-host.txt > /root/seen.txt; exec sleep 3600"
