@@ -26,7 +26,7 @@ from typing import Any
 from dockyard import gojson
 from dockyard.destinations.store import load_images
 from dockyard.engine.stores import open_store
-from dockyard.errors import DockyardError, InvalidInput, NotFound
+from dockyard.errors import DockyardError, InvalidInput, NotFound, StoreCorrupt
 from dockyard.image.platform import Platform
 from dockyard.image.reference import Reference, parse_reference
 from dockyard.parallel import ProgressFn, run_jobs
@@ -64,7 +64,10 @@ def pull(
     partial_root = os.path.join(store.layout.tmp, PARTIAL_DIR)
     client = client_for(ref.domain, insecure)
     try:
-        pulled = resolve(client, ref, platform=platform, partial_root=partial_root, insecure=insecure)
+        pulled = resolve(
+            client, ref, platform=platform, partial_root=partial_root, insecure=insecure,
+            known_config=lambda d: _stored_config(store, d),
+        )
     finally:
         client.close()
     image = pulled.image
@@ -119,6 +122,16 @@ def pull(
         blob.forget_partial()
     # docker's Status: "Downloaded newer image" when the reference now names a different image
     return PullResult(ref, image.id, pulled.top_digest, new=before != image.id, layers=states)
+
+
+def _stored_config(store: Store, image_id: str) -> bytes | None:
+    """The config bytes of an image already in the store (its ID is the config digest), else None."""
+    if not store.images.exists(image_id):
+        return None
+    try:
+        return store.images.get(image_id).raw
+    except (NotFound, StoreCorrupt):
+        return None
 
 
 def _short(digest: str | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,8 +153,16 @@ def _json(raw: bytes, what: str) -> dict[str, Any]:
 
 
 def resolve(
-    client: Any, ref: Reference, *, platform: Platform | None, partial_root: str, insecure: tuple[str, ...]
+    client: Any,
+    ref: Reference,
+    *,
+    platform: Platform | None,
+    partial_root: str,
+    insecure: tuple[str, ...],
+    known_config: Callable[[str], bytes | None] | None = None,
 ) -> PulledManifest:
+    """Resolve ``ref`` to one image. ``known_config(digest)`` returns the config bytes when the image is
+    already in the store: then, as ``docker pull`` does, no blob at all is fetched."""
     repo = ref.path
     reference = ref.digest or ref.tag or "latest"
     label = str(ref)
@@ -192,8 +201,10 @@ def resolve(
     size = cdesc.get("size")
     if isinstance(size, int) and size > MAX_CONFIG:
         raise InvalidInput(f"{label}: config is too large ({size} bytes)")
-    with client.open_blob(repo, cdigest, size=size if isinstance(size, int) else None) as r:
-        raw = r.read(-1)
+    raw = known_config(cdigest) if known_config is not None else None
+    if raw is None:
+        with client.open_blob(repo, cdigest, size=size if isinstance(size, int) else None) as r:
+            raw = r.read(-1)
     config = ImageConfig(raw)
     if config.id != cdigest:
         raise InvalidInput(f"{label}: config {cdigest}: digest mismatch (got {config.id})")
