@@ -18,6 +18,7 @@ bytes are wrong (not a prefix of the blob), must still end in the right image an
 """
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -250,3 +251,28 @@ def test_partial_file_with_wrong_bytes_does_not_wedge_pulls(slow: Any, tmp_path:
         assert p.returncode == 0, "the pull after a failed one still fails: a damaged partial file wedges " \
                                   "the store\n" + show(p)
     _assert_complete(root, slow)
+
+
+def test_partial_blobs_in_df_fsck_and_prune(slow: Any, tmp_path: Path) -> None:
+    """Issue 16 item 3: the blobs of an interrupted pull are shown by system df and fsck (as information,
+    not damage) and removed by system prune."""
+    root = tmp_path / "root"
+    root.mkdir()
+    have = _kill_halfway(slow, root, tmp_path)
+    parts = _partials(root)
+    assert len(parts) == 1 and have > 0
+    size = parts[0].stat().st_size
+    df = dy(root, "system", "df", "--format", "json")
+    assert df.returncode == 0, show(df)
+    rows = {r["Type"]: r for r in map(json.loads, df.stdout.splitlines())}
+    assert rows["Partial Pulls"]["TotalCount"] == "1", df.stdout
+    _rc, rep = fsck_report(root)
+    found = [f for f in rep["findings"] if f["code"] == "partial-pull-blob"]
+    assert len(found) == 1 and found[0]["severity"] == "info", fmt_findings(rep)
+    assert found[0]["path"].endswith(parts[0].name) and str(size) in found[0]["message"], found
+    assert not [f for f in rep["findings"] if f["severity"] == "error"], fmt_findings(rep)
+    pr = dy(root, "system", "prune", "-f")
+    assert pr.returncode == 0, show(pr)
+    assert not _partials(root), "system prune left the partial blob"
+    df = dy(root, "system", "df", "--format", "json")
+    assert "Partial Pulls" not in df.stdout, df.stdout

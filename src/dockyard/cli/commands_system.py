@@ -32,7 +32,7 @@ def _print_report(report: object, fmt: str, *, title: str = "") -> None:
     if title:
         click.echo(title)
     for f in report.findings:
-        sev = "ERROR  " if f.severity == ERROR else "warning"
+        sev = "ERROR  " if f.severity == ERROR else ("info   " if f.severity == "info" else "warning")
         line = f"{sev} {f.path}: {f.message}"
         if f.repair:
             line += f" [repair: {f.repair}]"
@@ -179,6 +179,16 @@ def system_df(ctx: Context, verbose: bool, fmt: str) -> None:
         },
         {"Type": "Build Cache", "TotalCount": "0", "Active": "0", "Size": "0B", "Reclaimable": "0B"},
     ]
+    if du.partial_pulls:  # dockyard's extension: blobs of interrupted pulls (tmp/dockyard-pull/)
+        rows.append(
+            {
+                "Type": "Partial Pulls",
+                "TotalCount": str(du.partial_pulls),
+                "Active": "0",
+                "Size": human_size(du.partial_pulls_size),
+                "Reclaimable": pct(du.partial_pulls_size, du.partial_pulls_size),
+            }
+        )
     if fmt == "json":
         from dockyard.cli.output import json_line
 

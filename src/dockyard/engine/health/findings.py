@@ -17,6 +17,7 @@ from dockyard.store import Store
 
 ERROR = "error"
 WARNING = "warning"
+INFO = "info"  # not damage: shown, and removed by prune
 
 _LINK_RE = re.compile(r"^[A-Z2-7]{26}$")
 
@@ -122,6 +123,17 @@ class CheckerBase:
             path,
             "leftover of an interrupted write",
             "remove it",
+            lambda: os.unlink(path),
+        )
+
+    def partial_pull_blob(self, path: str, size: int) -> None:
+        """A blob an interrupted pull left in tmp/dockyard-pull/: the next pull resumes it; prune removes it."""
+        self.f(
+            INFO,
+            "partial-pull-blob",
+            path,
+            f"partial download of an interrupted pull ({size} bytes; the next pull resumes it)",
+            "remove it (system prune)",
             lambda: os.unlink(path),
         )
 

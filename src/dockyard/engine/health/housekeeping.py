@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from dockyard.containers.removal import remove_container
 from dockyard.digest import is_hex64
 from dockyard.engine.health.fsck import Checker, diff_dir_size
+from dockyard.engine.health.storechecks import partial_pull_blobs
 from dockyard.engine.images import _Deleter, list_images, references_by_image
 from dockyard.errors import DockyardError
 from dockyard.store import Store
@@ -43,6 +44,8 @@ class DiskUsage:
     reclaimable_images: int = 0
     volumes: int = 0
     volumes_size: int = 0
+    partial_pulls: int = 0
+    partial_pulls_size: int = 0
 
 
 def disk_usage(store: Store) -> DiskUsage:
@@ -104,6 +107,9 @@ def disk_usage(store: Store) -> DiskUsage:
         data = os.path.join(vol_root, v, "_data")
         if os.path.isdir(data):
             du.volumes_size += diff_dir_size(data)
+    partials = partial_pull_blobs(store)
+    du.partial_pulls = len(partials)
+    du.partial_pulls_size = sum(sz for _p, sz in partials)
     return du
 
 
@@ -128,6 +134,7 @@ def _remove_orphans(store: Store, result: PruneResult) -> None:
             "short-link-unused",
             "unused-layer",
             "tmp-leftover",
+            "partial-pull-blob",
             "metadata-orphan",
             "mount-without-container",
         ):

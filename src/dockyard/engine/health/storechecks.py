@@ -23,6 +23,8 @@ from dockyard.engine.health.repairs import (
 from dockyard.errors import DockyardError
 from dockyard.image.config import ImageConfig
 from dockyard.image.reference import InvalidReference, parse_reference
+from dockyard.sources.registry import PARTIAL_DIR
+from dockyard.store import Store
 
 
 class StoreChecks(LayerChecks):
@@ -292,6 +294,8 @@ class StoreChecks(LayerChecks):
     # ------------------------------------------------------------------ orphans
     def check_orphans(self) -> None:
         lay = self.store.layout
+        for p, size in partial_pull_blobs(self.store):
+            self.partial_pull_blob(p, size)
         drv = self.store.driver
         referenced: set[str] = set(self.cache_ids)
         # staging dirs name their driver dirs too
@@ -431,3 +435,19 @@ class StoreChecks(LayerChecks):
                     break
                 cur = info.get("parent")
                 seen += 1
+
+
+def partial_pull_blobs(store: Store) -> list[tuple[str, int]]:
+    """(path, size) of every ``*.partial`` blob that an interrupted pull left in ``tmp/dockyard-pull/``."""
+    d = os.path.join(store.layout.tmp, PARTIAL_DIR)
+    out = []
+    for name in sorted(_listdir(d)):
+        p = os.path.join(d, name)
+        if name.endswith(".partial"):
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue
+            if not os.path.islink(p) and os.path.isfile(p):
+                out.append((p, st.st_size))
+    return out
