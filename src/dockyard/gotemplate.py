@@ -39,6 +39,7 @@ __all__ = [
     "NIL_SLICE",
     "GoObject",
     "OrderedMap",
+    "RawJSON",
     "StrList",
     "Template",
     "TemplateError",
@@ -1243,6 +1244,10 @@ def _index(item: Any, *idx: Any) -> Any:
     return item
 
 
+class RawJSON(str):
+    """Bytes a Go MarshalJSON method returned: ``json`` writes them as they are."""
+
+
 class StrList(list[str]):
     """A Go ``[]string`` (what ``join`` takes); a plain list is a ``[]interface {}``."""
 
@@ -1302,6 +1307,8 @@ def _json(v: Any) -> str:
 def _marshal(v: Any) -> str:
     if v is MISSING:
         return "null"
+    if isinstance(v, RawJSON):
+        return str(v)
     if isinstance(v, GoObject):
         if v.json is not None:
             return _marshal(v.json())

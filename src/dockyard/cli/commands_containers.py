@@ -216,17 +216,18 @@ def rm(ctx: Context, containers: tuple[str, ...], force: bool, volumes: bool) ->
 @click.option("-a", "--all", "all_", is_flag=True, help="Show all containers (default shows just running).")
 @click.option("-q", "--quiet", is_flag=True, help="Only display container IDs.")
 @click.option("--no-trunc", is_flag=True, help="Don't truncate output.")
-@click.option("--format", "fmt", help="'json' (one object per line) or 'table'.")
+@click.option("--format", "fmt", help="Go template, 'table ...' or 'json'.")
 @pass_ctx
 def ps(ctx: Context, all_: bool, quiet: bool, no_trunc: bool, fmt: str | None) -> None:
     """List containers."""
     from dockyard import gojson
-    from dockyard.cli.output import go_time_string, json_line, since, table
+    from dockyard.cli.output import go_time_string, since
     from dockyard.engine.containers import status_of
 
     mgr = _mgr(ctx)
     mgr.reap()
     rows = []
+    all_labels: list[dict[str, Any]] = []
     cfgs = sorted(mgr.all(), key=lambda c: str(c.get("Created", "")), reverse=True)
     for cfg in cfgs:
         running = mgr.is_running(cfg)
@@ -241,6 +242,7 @@ def ps(ctx: Context, all_: bool, quiet: bool, no_trunc: bool, fmt: str | None) -
             command += " " + " ".join(f"'{a}'" if " " in a else a for a in args)
         command_out = _go_quote(command if no_trunc else _ellipsis(command, 20))
         labels = cfg["Config"].get("Labels") or {}
+        all_labels.append(labels)
         try:
             created_ns = gojson.parse_rfc3339(str(cfg.get("Created", "")))
         except ValueError:
@@ -275,17 +277,24 @@ def ps(ctx: Context, all_: bool, quiet: bool, no_trunc: bool, fmt: str | None) -
         for r in rows:
             click.echo(r["ID"])
         return
-    if fmt and fmt.strip() in ("json", "{{json .}}"):
-        for r in rows:
-            json_line(r)
-        return
-    table(
-        ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
-        [
-            [r["ID"], r["Image"], r["Command"], r["RunningFor"], r["Status"], r["Ports"], r["Names"]]
-            for r in rows
-        ],
-    )
+    from dockyard.cli.formatter import row as go_row
+    from dockyard.cli.formatter import write_rows
+
+    if not fmt or fmt == "table":
+        fmt = "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}"
+    objs = []
+    for r, labels in zip(rows, all_labels, strict=True):
+        objs.append(go_row("*formatter.ContainerContext", r,
+                           {"Label": lambda name, lb=labels: str(lb.get(name, ""))}))
+    write_rows(fmt, objs, PS_HEADER)
+
+
+PS_HEADER = {
+    "ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND", "CreatedAt": "CREATED AT",
+    "RunningFor": "CREATED", "Ports": "PORTS", "State": "STATE", "Status": "STATUS", "Size": "SIZE",
+    "Names": "NAMES", "Labels": "LABELS", "Mounts": "MOUNTS", "LocalVolumes": "LOCAL VOLUMES",
+    "Networks": "NETWORKS",
+}
 
 
 def _go_quote(s: str) -> str:

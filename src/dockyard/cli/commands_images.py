@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import click
 
 from dockyard.cli.main import Context, cli, pass_ctx
-from dockyard.cli.output import go_time_string, human_size, indented_json, json_line, since, table
+from dockyard.cli.output import go_time_string, human_size, indented_json, since
 
 
 def _progress_enabled(quiet: bool) -> bool:
@@ -65,7 +64,7 @@ def load(ctx: Context, input_path: str | None, quiet: bool, platform: str | None
 @click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
 @click.option("--digests", is_flag=True, help="Show digests.")
 @click.option("--no-trunc", is_flag=True, help="Don't truncate output.")
-@click.option("--format", "fmt", metavar="FORMAT", help="'json' (one object per line) or 'table'.")
+@click.option("--format", "fmt", metavar="FORMAT", help="Go template, 'table ...' or 'json'.")
 @pass_ctx
 def images(
     ctx: Context,
@@ -127,47 +126,29 @@ def images(
         for i in seen_ids:
             click.echo(i)
         return
-    if fmt and fmt.strip() in ("json", "{{json .}}"):
-        for row in rows:
-            json_line(row)
-        return
-    if fmt and fmt not in ("table",):
-        for row in rows:
-            click.echo(_go_template(fmt, row))
-        return
-    headers = ["REPOSITORY", "TAG"] + (["DIGEST"] if digests else []) + ["IMAGE ID", "CREATED", "SIZE"]
-    table(
-        headers,
-        [
-            [r["Repository"], r["Tag"]]
-            + ([r["Digest"]] if digests else [])
-            + [r["ID"], r["CreatedSince"], r["Size"]]
-            for r in rows
-        ],
-    )
+    from dockyard.cli.formatter import row as go_row
+    from dockyard.cli.formatter import write_rows
+
+    if not fmt or fmt == "table":
+        fmt = "table {{.Repository}}\t{{.Tag}}\t" + ("{{.Digest}}\t" if digests else "")
+        fmt += "{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
+    write_rows(fmt, [go_row("*formatter.imageContext", r) for r in rows], IMAGE_HEADER)
 
 
-def _go_template(fmt: str, row: dict[str, Any]) -> str:
-    """The common subset of docker's Go templates: {{.Field}} and {{json .}}."""
-    import re
-
-    from dockyard import gojson
-
-    def sub(m: re.Match[str]) -> str:
-        expr = m.group(1).strip()
-        if expr == "json .":
-            return gojson.marshal(row, sort_keys=True)
-        if expr.startswith("."):
-            return str(row.get(expr[1:], ""))
-        return m.group(0)
-
-    out = re.sub(r"\{\{(.*?)\}\}", sub, fmt)
-    return out.replace("\\t", "\t").replace("\\n", "\n")
+IMAGE_HEADER = {
+    "ID": "IMAGE ID", "Repository": "REPOSITORY", "Tag": "TAG", "Digest": "DIGEST",
+    "CreatedSince": "CREATED", "CreatedAt": "CREATED AT", "Size": "SIZE", "Containers": "CONTAINERS",
+    "VirtualSize": "VIRTUAL SIZE", "SharedSize": "SHARED SIZE", "UniqueSize": "UNIQUE SIZE",
+}
+HISTORY_HEADER = {
+    "ID": "IMAGE", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT", "CreatedBy": "CREATED BY",
+    "Size": "SIZE", "Comment": "COMMENT",
+}
 
 
 @cli.command("inspect")
 @click.argument("names", nargs=-1, required=True)
-@click.option("-f", "--format", "fmt", help="Go-template subset: {{.Id}}, {{json .}}.")
+@click.option("-f", "--format", "fmt", help="Format output using a custom template (Go text/template).")
 @click.option("--type", "type_", type=click.Choice(["container", "image"]), help="Only this kind of object.")
 @pass_ctx
 def inspect_cmd(ctx: Context, names: tuple[str, ...], fmt: str | None, type_: str | None) -> None:
@@ -194,8 +175,9 @@ def inspect_cmd(ctx: Context, names: tuple[str, ...], fmt: str | None, type_: st
         except NotFound:
             missing.append(n)
     if fmt:
-        for obj in out:
-            click.echo(_go_template(fmt, obj))
+        from dockyard.cli.formatter import inspect_format
+
+        inspect_format(fmt, out)
     else:
         indented_json(out)
     if missing:
@@ -211,7 +193,7 @@ def inspect_cmd(ctx: Context, names: tuple[str, ...], fmt: str | None, type_: st
 )
 @click.option("--no-trunc", is_flag=True, help="Don't truncate output.")
 @click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
-@click.option("--format", "fmt", help="'json' (one object per line).")
+@click.option("--format", "fmt", help="Go template, 'table ...' or 'json'.")
 @pass_ctx
 def history(ctx: Context, name: str, human: bool, no_trunc: bool, quiet: bool, fmt: str | None) -> None:
     """Show the history of an image."""
@@ -241,18 +223,13 @@ def history(ctx: Context, name: str, human: bool, no_trunc: bool, quiet: bool, f
         for r in rows:
             click.echo(r["ID"])
         return
-    if fmt and fmt.strip() in ("json", "{{json .}}"):
-        for r in rows:
-            json_line(r)
-        return
-    if fmt:
-        for r in rows:
-            click.echo(_go_template(fmt, r))
-        return
-    table(
-        ["IMAGE", "CREATED" if human else "CREATED AT", "CREATED BY", "SIZE", "COMMENT"],
-        [[r["ID"], r["CreatedSince"], r["CreatedBy"], r["Size"], r["Comment"]] for r in rows],
-    )
+    from dockyard.cli.formatter import row as go_row
+    from dockyard.cli.formatter import write_rows
+
+    if not fmt or fmt == "table":
+        fmt = "table {{.ID}}\t" + ("{{.CreatedSince}}" if human else "{{.CreatedAt}}")
+        fmt += "\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}"
+    write_rows(fmt, [go_row("*image.historyContext", r) for r in rows], HISTORY_HEADER)
 
 
 def _ellipsis(s: str, n: int) -> str:
