@@ -1759,7 +1759,7 @@ _NOFINAL: Any = _NoFinal()
 def _arity(fn: Callable[..., Any]) -> int:
     import inspect
 
-    return len(inspect.signature(fn).parameters)
+    return sum(1 for p in inspect.signature(fn).parameters.values() if p.default is p.empty)
 
 
 @dataclass
