@@ -205,8 +205,8 @@ def _entry(dir_fd: int, name: bytes, rel: bytes) -> Entry | None:
 
 
 def _names(dir_fd: int) -> list[bytes]:
-    dup = os.open(".", _DIR_FLAGS, dir_fd=dir_fd)  # scandir closes the fd it is given
-    with os.scandir(dup) as it:
+    # os.scandir(fd) works on its own dup of the fd and leaves ``dir_fd`` open (and unmoved)
+    with os.scandir(dir_fd) as it:
         return sorted(os.fsencode(e.name) for e in it)
 
 
